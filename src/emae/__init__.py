@@ -1,0 +1,8 @@
+"""emae: masked image modeling (MAE, EMAE, UM-MAE) for vision transformers."""
+
+__version__ = "0.1.0"
+
+from .config import Config, load_config  # noqa: E402
+from .models import MaskedAutoencoder, build_model  # noqa: E402
+
+__all__ = ["Config", "MaskedAutoencoder", "__version__", "build_model", "load_config"]

@@ -1,0 +1,38 @@
+"""The ``emae`` command. Errors from bad input print as one line (``emae: error: ...``) and exit with 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import EmaeError
+from . import pretrain
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emae", description="Masked image modeling: MAE, EMAE, UM-MAE.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    pretrain.add_parser(sub)
+    return parser
+
+
+def error_line(exc: BaseException) -> str:
+    """The last non-empty line: exceptions re-raised from DataLoader workers carry a traceback in their text."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except EmaeError as e:
+        print(f"emae: error: {error_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("emae: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

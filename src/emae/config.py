@@ -1,0 +1,299 @@
+"""Run configuration: dataclass defaults <- YAML recipe <- ``key=value`` overrides, checked before any work.
+
+Every field is reachable from the command line by its dotted name, e.g. ``train.epochs=10`` or
+``model.img_size=[224,160]``. Values are parsed as YAML. Unknown keys, wrong types and out-of-range
+values raise :class:`~emae.errors.ConfigError` with one line naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from .errors import ConfigError
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+RECIPES_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "vit_tiny"  # named encoder size: vit_tiny | vit_small | vit_base | vit_large | vit_huge
+    embed_dim: int | None = None  # override the named size's width ...
+    depth: int | None = None  # ... depth ...
+    num_heads: int | None = None  # ... and heads
+    img_size: int | list[int] = 32  # side, or [height, width]
+    patch_size: int = 4
+    in_chans: int = 3
+    mlp_ratio: float = 4.0
+    decoder_embed_dim: int = 128
+    decoder_depth: int = 4
+    decoder_num_heads: int = 4
+    norm_pix_loss: bool = True
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        s = self.img_size
+        return (s, s) if isinstance(s, int) else (s[0], s[1])
+
+
+@dataclass
+class MaskConfig:
+    type: str = "random"
+    ratio: float = 0.75
+
+
+@dataclass
+class DataConfig:
+    path: str | None = None  # ImageFolder tree or folder of images; None: the embedded digits
+    scale: list[float] = field(default_factory=lambda: [0.2, 1.0])  # RandomResizedCrop area range
+    hflip: bool = True
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    num_workers: int = 2
+    strict: bool = False  # a corrupt or unreadable file stops the run instead of being skipped
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 6
+    batch_size: int = 64  # per process, per micro-batch
+    accum_iter: int = 1  # gradient accumulation: effective batch = batch_size * accum_iter * world size
+    base_lr: float = 1.5e-3  # lr = base_lr * effective batch / 256 unless lr is given
+    lr: float | None = None
+    min_lr: float = 0.0
+    warmup_epochs: float = 1.0
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 uses a loss scaler)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0
+    save_every: int = 1  # write a checkpoint every N epochs (and always at the end)
+    keep_last: int = 0  # keep only the newest N checkpoints; 0 keeps all
+    stop_after_steps: int | None = None  # stop (with a checkpoint) after this many optimiser steps; schedule unchanged
+    log_every: int = 10  # optimiser steps between log lines
+    num_vis: int = 8  # images in the reconstruction picture
+
+
+@dataclass
+class Config:
+    method: str = "mae"
+    output_dir: str | None = None  # None: runs/<method>-<timestamp>
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+METHODS = ("mae",)
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+# ---------------------------------------------------------------- loading
+
+
+def all_keys(obj: Any = None, prefix: str = "") -> list[str]:
+    obj = obj if obj is not None else Config()
+    keys = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += all_keys(value, f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _unknown(key: str) -> ConfigError:
+    near = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5)
+    if not near:  # try the last part alone, e.g. "epoch" -> "train.epochs"
+        tails = {k.rsplit(".", 1)[-1]: k for k in all_keys()}
+        hit = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(tails), n=1, cutoff=0.6)
+        near = [tails[hit[0]]] if hit else []
+    hint = f"; did you mean {near[0]!r}?" if near else ""
+    return ConfigError(f"unknown config key {key!r}{hint}")
+
+
+def _type_name(tp: Any) -> str:
+    return str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(key, value, option)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: {value!r} is not a {_type_name(tp)}")
+    if tp is type(None):
+        if value is None:
+            return None
+    elif origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, (list, tuple)):
+            return [_coerce(key, v, item_tp) for v in value]
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"{key}: {value!r} is not a {_type_name(tp)}")
+
+
+def _apply(obj: Any, data: dict, prefix: str = "") -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(type(obj))
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if not isinstance(key, str) or key not in hints:
+            raise _unknown(str(full))
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _apply(current, value, f"{full}.")
+        else:
+            setattr(obj, key, _coerce(full, value, hints[key]))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def set_key(cfg: Config, key: str, value: Any) -> None:
+    """Set a dotted key, e.g. ``set_key(cfg, "train.epochs", 5)``."""
+    node: dict = {}
+    cursor = node
+    parts = key.split(".")
+    for p in parts[:-1]:
+        cursor = cursor.setdefault(p, {})
+    cursor[parts[-1]] = value
+    _apply(cfg, node)
+
+
+def resolve_recipe(name: str) -> Path:
+    """A YAML path, or the name of a recipe shipped in ``configs/`` (with or without ``.yaml``)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    for candidate in (RECIPES_DIR / name, RECIPES_DIR / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+    raise ConfigError(f"config file {name!r} not found (shipped recipes: {', '.join(known)})")
+
+
+def load_config(config_file: str | None = None, overrides: list[str] | None = None, **flags: Any) -> Config:
+    """Defaults, then the YAML file, then ``flags`` (dotted keys), then ``key=value`` overrides; validated."""
+    cfg = Config()
+    _merge(cfg, flags, overrides, config_file)
+    return cfg
+
+
+def config_from_dict(data: dict, flags: dict | None = None, overrides: list[str] | None = None) -> Config:
+    """A saved config (e.g. from a checkpoint), with optional flags and overrides on top; validated."""
+    cfg = Config()
+    _apply(cfg, data)
+    _merge(cfg, flags or {}, overrides)
+    return cfg
+
+
+def _merge(cfg: Config, flags: dict, overrides: list[str] | None, config_file: str | None = None) -> None:
+    if config_file:
+        path = resolve_recipe(config_file)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        _apply(cfg, data)
+    for key, value in flags.items():
+        if value is not None:
+            set_key(cfg, key, value)
+    for text in overrides or []:
+        set_key(cfg, *parse_override(text))
+    validate(cfg)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {value!r} is not allowed; {allowed}")
+
+
+def validate(cfg: Config) -> None:
+    """Check every value's range and the combinations that must agree."""
+    from .masks import MASKS
+    from .models.vit import VIT_SIZES
+
+    m, k, d, t = cfg.model, cfg.mask, cfg.data, cfg.train
+    _require(cfg.method in METHODS, "method", cfg.method, f"choose one of {list(METHODS)}")
+    _require(m.arch in VIT_SIZES, "model.arch", m.arch, f"choose one of {sorted(VIT_SIZES)}")
+    for key in ("embed_dim", "depth", "num_heads"):
+        v = getattr(m, key)
+        _require(v is None or v > 0, f"model.{key}", v, "must be a positive integer or null")
+    for key in ("patch_size", "in_chans", "decoder_embed_dim", "decoder_depth", "decoder_num_heads"):
+        v = getattr(m, key)
+        _require(v > 0, f"model.{key}", v, "must be a positive integer")
+    _require(m.mlp_ratio > 0, "model.mlp_ratio", m.mlp_ratio, "must be positive")
+    size = m.img_size
+    _require(isinstance(size, int) or len(size) == 2, "model.img_size", size, "give one side or [height, width]")
+    h, w = m.image_size
+    _require(h > 0 and w > 0, "model.img_size", size, "sides must be positive")
+    if h % m.patch_size or w % m.patch_size:
+        raise ConfigError(f"model.img_size: {h}x{w} is not divisible by model.patch_size {m.patch_size}")
+    _require(k.type in MASKS, "mask.type", k.type, f"choose one of {sorted(MASKS)}")
+    _require(0.0 < k.ratio < 1.0, "mask.ratio", k.ratio, "must be in (0, 1)")
+    if int((h // m.patch_size) * (w // m.patch_size) * (1 - k.ratio)) < 1:
+        raise ConfigError(f"mask.ratio: {k.ratio} keeps no patch of the {h // m.patch_size}x{w // m.patch_size} grid")
+    _require(len(d.scale) == 2 and 0 < d.scale[0] <= d.scale[1] <= 1, "data.scale", d.scale, "need 0 < min <= max <= 1")
+    _require(len(d.mean) == m.in_chans, "data.mean", d.mean, f"need one value per channel ({m.in_chans})")
+    _require(len(d.std) == m.in_chans and all(s > 0 for s in d.std), "data.std", d.std,
+             f"need one positive value per channel ({m.in_chans})")
+    _require(d.num_workers >= 0, "data.num_workers", d.num_workers, "must be >= 0")
+    _require(m.in_chans in (1, 3, 4), "model.in_chans", m.in_chans,
+             "images load as 1 (L), 3 (RGB) or 4 (RGBA) channels; other counts need tensors via the Python API")
+    for key in ("epochs", "batch_size", "accum_iter", "save_every", "log_every"):
+        v = getattr(t, key)
+        _require(v > 0, f"train.{key}", v, "must be a positive integer")
+    _require(t.base_lr > 0, "train.base_lr", t.base_lr, "must be positive")
+    _require(t.lr is None or t.lr > 0, "train.lr", t.lr, "must be positive or null")
+    _require(t.min_lr >= 0, "train.min_lr", t.min_lr, "must be >= 0")
+    _require(t.warmup_epochs >= 0, "train.warmup_epochs", t.warmup_epochs, "must be >= 0")
+    _require(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
+    _require(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), "train.betas", t.betas, "need two values in [0, 1)")
+    _require(t.precision in PRECISIONS, "train.precision", t.precision, f"choose one of {list(PRECISIONS)}")
+    _require(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), "train.device", t.device,
+             "use auto, cpu, cuda or cuda:N")
+    _require(t.keep_last >= 0, "train.keep_last", t.keep_last, "must be >= 0")
+    _require(t.stop_after_steps is None or t.stop_after_steps > 0, "train.stop_after_steps", t.stop_after_steps,
+             "must be positive or null")
+    _require(t.num_vis >= 0, "train.num_vis", t.num_vis, "must be >= 0")

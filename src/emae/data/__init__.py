@@ -1,0 +1,11 @@
+"""Data: image folders, the embedded default set, transforms, and a resumable loader."""
+
+from .embedded import EmbeddedDigits
+from .folder import IMG_EXTENSIONS, ImageFiles, TransformedImages, scan_images
+from .loader import ResumableSampler, collate, image_source, pretrain_loader
+from .transforms import eval_transform, pretrain_transform
+
+__all__ = [
+    "EmbeddedDigits", "IMG_EXTENSIONS", "ImageFiles", "ResumableSampler", "TransformedImages", "collate",
+    "eval_transform", "image_source", "pretrain_loader", "pretrain_transform", "scan_images",
+]

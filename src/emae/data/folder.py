@@ -1,0 +1,119 @@
+"""Image datasets from disk: an ImageFolder tree (labels from sub-folders) or any flat/nested folder of images.
+
+Unreadable files (truncated, zero-byte, not an image, no permission) are skipped: the sample is replaced by
+the next readable one and the skipped path is reported with the batch, so the loop can count it.
+``strict=True`` makes them fatal instead.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from PIL import Image
+
+from ..errors import DataError
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+MAX_CONSECUTIVE_FAILURES = 64
+
+
+def scan_images(root: str | Path) -> tuple[list[str], list[int] | None, list[str] | None]:
+    """All image files under ``root`` (sorted). Labels come from the first-level folders when every image lies
+    inside one (the ImageFolder layout); otherwise labels and classes are None."""
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"data.path: {root} does not exist")
+    if not root.is_dir():
+        raise DataError(f"data.path: {root} is not a folder")
+    paths: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames.sort()
+        paths += [os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(IMG_EXTENSIONS)]
+    if not paths:
+        raise DataError(f"data.path: no image files ({', '.join(IMG_EXTENSIONS)}) found in {root}")
+    rel_parts = [Path(p).relative_to(root).parts for p in paths]
+    if all(len(parts) >= 2 for parts in rel_parts):
+        classes = sorted({parts[0] for parts in rel_parts})
+        index = {c: i for i, c in enumerate(classes)}
+        return paths, [index[parts[0]] for parts in rel_parts], classes
+    return paths, None, None
+
+
+def load_image(path: str, mode: str) -> Image.Image:
+    """Decode fully (so truncation shows up here) and convert to ``mode``; 16-bit and CMYK are handled by PIL."""
+    with Image.open(path) as img:
+        img.load()
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            img = img.point(lambda v: v * (1 / 256)).convert("L")
+        return img.convert(mode)
+
+
+def describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
+class ImageFiles:
+    """Indexable images from disk; ``fetch(i)`` returns (PIL image, label, skipped paths)."""
+
+    def __init__(self, root: str | Path, in_chans: int = 3, strict: bool = False) -> None:
+        self.root = str(root)
+        self.paths, self.labels, self.classes = scan_images(root)
+        self.mode = PIL_MODES[in_chans]
+        self.strict = strict
+        self._check_some_readable()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _check_some_readable(self) -> None:
+        """Fail early, with one line, when no file can be read (e.g. a folder of corrupt images)."""
+        first_error = None
+        for path in self.paths:
+            try:
+                load_image(path, self.mode)
+                return
+            except Exception as e:  # noqa: BLE001 - any decoder failure means unreadable
+                if self.strict:
+                    raise DataError(f"unreadable image {path} ({describe(e)})") from None
+                first_error = first_error or f"{path} ({describe(e)})"
+        raise DataError(f"data.path: none of the {len(self.paths)} image files in {self.root} can be read, e.g. {first_error}")
+
+    def fetch(self, index: int) -> tuple[Image.Image, int, list[str]]:
+        skipped: list[str] = []
+        for attempt in range(MAX_CONSECUTIVE_FAILURES):
+            i = (index + attempt) % len(self.paths)
+            try:
+                img = load_image(self.paths[i], self.mode)
+                return img, (self.labels[i] if self.labels else -1), skipped
+            except Exception as e:  # noqa: BLE001
+                if self.strict:
+                    raise DataError(f"unreadable image {self.paths[i]} ({describe(e)})") from None
+                skipped.append(self.paths[i])
+        raise DataError(f"{MAX_CONSECUTIVE_FAILURES} consecutive unreadable images from {self.paths[index]} on")
+
+
+class TransformedImages:
+    """A torch Dataset over ``source.fetch``; items are ``(index, seed)`` pairs from
+    :class:`~emae.data.loader.ResumableSampler`. The transform runs under ``seed``, so a sample's augmentation
+    depends only on (run seed, epoch, index): identical with any worker count and across resumes."""
+
+    def __init__(self, source, transform: Callable) -> None:
+        self.source = source
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, item):
+        import torch
+
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        img, label, skipped = self.source.fetch(index)
+        if seed is None:
+            return self.transform(img), label, skipped
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(img), label, skipped

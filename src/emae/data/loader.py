@@ -1,0 +1,75 @@
+"""Data loading for pre-training: a resumable, shardable sampler and a collate that carries skipped paths."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from ..config import Config
+from .embedded import EmbeddedDigits
+from .folder import ImageFiles, TransformedImages
+from .transforms import pretrain_transform
+
+
+class ResumableSampler(Sampler):
+    """A seeded per-epoch permutation, sharded over ``world_size`` ranks like ``DistributedSampler``
+    (padding by wrapping around), that can start mid-epoch. Yields ``(index, sample_seed)`` pairs."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.size = size
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.start_batch = 0
+        per_rank = -(-size // world_size)
+        self.batches_per_epoch = per_rank // batch_size  # drop_last
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch = epoch
+        self.start_batch = start_batch
+
+    def _indices(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.size, generator=g).tolist()
+        total = -(-self.size // self.world_size) * self.world_size
+        order += order[: total - self.size]
+        mine = order[self.rank :: self.world_size]
+        return mine[self.start_batch * self.batch_size : self.batches_per_epoch * self.batch_size]
+
+    def __iter__(self):
+        base = (self.seed * 1_000_003 + self.epoch) * 10_000_019
+        return iter([(i, (base + i) % (2**63 - 1)) for i in self._indices()])
+
+    def __len__(self) -> int:
+        return max(0, (self.batches_per_epoch - self.start_batch) * self.batch_size)
+
+
+def collate(batch):
+    imgs, labels, skipped = zip(*batch)
+    return torch.stack(imgs), torch.tensor(labels), [p for s in skipped for p in s]
+
+
+def image_source(cfg: Config):
+    """The images named by ``data.path``, or the embedded digits when it is None."""
+    if cfg.data.path is None:
+        return EmbeddedDigits(max(cfg.model.image_size), cfg.model.in_chans)
+    return ImageFiles(cfg.data.path, cfg.model.in_chans, cfg.data.strict)
+
+
+def pretrain_loader(cfg: Config, source, rank: int = 0, world_size: int = 1, pin_memory: bool = False) -> DataLoader:
+    d = cfg.data
+    tf = pretrain_transform(cfg.model.image_size, d.scale, d.hflip, d.mean, d.std)
+    dataset = TransformedImages(source, tf)
+    sampler = ResumableSampler(len(dataset), cfg.train.batch_size, cfg.train.seed, rank, world_size)
+    return DataLoader(
+        dataset,
+        batch_size=cfg.train.batch_size,
+        sampler=sampler,
+        num_workers=d.num_workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        drop_last=True,
+        persistent_workers=d.num_workers > 0,
+    )

@@ -1,0 +1,42 @@
+"""Optimiser and learning-rate schedule for pre-training."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from timm.optim import param_groups_weight_decay
+from torch import nn
+
+from ..config import TrainConfig
+
+
+def effective_lr(t: TrainConfig, world_size: int = 1) -> float:
+    """``lr`` if given, else base_lr * effective batch / 256 (MAE's linear scaling rule)."""
+    if t.lr is not None:
+        return t.lr
+    return t.base_lr * t.batch_size * t.accum_iter * world_size / 256
+
+
+def build_optimizer(model: nn.Module, t: TrainConfig, lr: float) -> torch.optim.AdamW:
+    """AdamW; biases, norms and other 1-D parameters and the tokens get no weight decay."""
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    groups = param_groups_weight_decay(model, t.weight_decay, no_weight_decay_list=skip)
+    fused = all(p.is_cuda for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(t.betas), fused=fused or None)
+
+
+def warmup_cosine(step: int, warmup_steps: float, total_steps: int, min_ratio: float = 0.0) -> float:
+    """Multiplier of the peak lr at optimiser step ``step``: linear warmup from 0, then half-cosine to min_ratio."""
+    if step < warmup_steps:
+        return step / warmup_steps
+    progress = (step - warmup_steps) / max(1.0, total_steps - warmup_steps)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def build_scheduler(opt: torch.optim.Optimizer, t: TrainConfig, lr: float, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-iteration schedule; warmup and length are in epochs, so they scale with the data set."""
+    warmup = t.warmup_epochs * steps_per_epoch
+    total = t.epochs * steps_per_epoch
+    min_ratio = t.min_lr / lr
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total, min_ratio))

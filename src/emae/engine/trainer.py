@@ -1,0 +1,223 @@
+"""The pre-training loop, one for every method. Read it top to bottom.
+
+Exact resume: the data order is a seeded permutation per epoch, each sample's augmentation runs under its own
+seed, and masks come from a dedicated generator whose state is checkpointed. So N steps straight and N/2 steps,
+a stop and ``--resume`` for the rest give the same parameters bit for bit (on CPU, in fp32).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from ..config import Config
+from ..data import eval_transform, image_source, pretrain_loader
+from ..errors import ConfigError, DataError
+from ..models import build_model
+from ..viz import save_reconstruction
+from .checkpoint import (
+    FORMAT,
+    FORMAT_VERSION,
+    checkpoint_name,
+    latest_valid_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    rng_state,
+    save_atomic,
+    set_rng_state,
+)
+from .log import JsonlLog
+from .optim import build_optimizer, build_scheduler, effective_lr
+
+RUN_FILES = ("log.jsonl", "config.yaml", "reconstruction.png")
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    checkpoint: Path
+    global_step: int
+    loss: float
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: {name!r} requested but CUDA is not available")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def prepare_output_dir(cfg: Config, resume: str | None, overwrite: bool) -> tuple[Path, Path | None]:
+    """The run folder, and the checkpoint to resume from (None for a fresh run)."""
+    if resume not in (None, "auto"):
+        ckpt = Path(resume)
+        out = Path(cfg.output_dir) if cfg.output_dir else ckpt.parent
+        load_checkpoint(ckpt)  # fail early, in one line, on a bad path
+        return out, ckpt
+    if cfg.output_dir is None:
+        if resume == "auto":
+            raise ConfigError("--resume auto needs --output: the run folder to continue")
+        out = Path("runs") / f"{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    else:
+        out = Path(cfg.output_dir)
+    existing = list_checkpoints(out) + [out / f for f in RUN_FILES if (out / f).exists()]
+    if resume == "auto":
+        found = latest_valid_checkpoint(out)
+        return out, (found[0] if found else None)
+    if existing and not overwrite:
+        raise ConfigError(f"output folder {out} already holds a run; pass --resume auto to continue it or --overwrite")
+    for path in existing:
+        path.unlink()
+    return out, None
+
+
+def vis_batch(cfg: Config, source, device: torch.device) -> torch.Tensor | None:
+    """A fixed, evenly spread set of un-augmented images for the reconstruction picture."""
+    n = min(cfg.train.num_vis, len(source))
+    if n == 0:
+        return None
+    tf = eval_transform(cfg.model.image_size, cfg.data.mean, cfg.data.std)
+    picks = np.linspace(0, len(source) - 1, n).round().astype(int)
+    return torch.stack([tf(source.fetch(int(i))[0]) for i in picks]).to(device)
+
+
+def pretrain(cfg: Config, resume: str | None = None, overwrite: bool = False, progress: bool = True) -> RunResult:
+    t = cfg.train
+    out, resume_path = prepare_output_dir(cfg, resume, overwrite)
+    cfg.output_dir = str(out)
+    device = resolve_device(t.device)
+    seed_everything(t.seed)
+
+    # data
+    source = image_source(cfg)
+    loader = pretrain_loader(cfg, source, pin_memory=device.type == "cuda")
+    sampler = loader.sampler
+    steps_per_epoch = sampler.batches_per_epoch // t.accum_iter
+    if steps_per_epoch == 0:
+        raise DataError(
+            f"data: {len(source)} images give no full step of train.batch_size {t.batch_size}"
+            f" x train.accum_iter {t.accum_iter}; lower the batch size"
+        )
+    sampler.batches_per_epoch = steps_per_epoch * t.accum_iter  # drop a trailing partial accumulation
+
+    # model, optimiser, schedule
+    model = build_model(cfg).to(device)
+    lr = effective_lr(t)
+    opt = build_optimizer(model, t, lr)
+    sched = build_scheduler(opt, t, lr, steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
+    mask_gen = torch.Generator(device).manual_seed(t.seed)
+    epoch, batch_in_epoch, global_step = 0, 0, 0
+
+    if resume_path is not None:
+        ckpt = load_checkpoint(resume_path, map_location=device)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"], mask_gen)
+        epoch, batch_in_epoch, global_step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["global_step"]
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    log = JsonlLog(out / "log.jsonl")
+    if resume_path is None:
+        log.write(type="start", lr=lr, steps_per_epoch=steps_per_epoch, images=len(source), data=str(source.root),
+                  params=sum(p.numel() for p in model.parameters() if p.requires_grad))
+    else:
+        log.write(type="resume", checkpoint=str(resume_path), global_step=global_step)
+
+    def save() -> Path:
+        path = out / checkpoint_name(global_step)
+        save_atomic({
+            "format": FORMAT, "version": FORMAT_VERSION, "method": cfg.method, "config": cfg.to_dict(),
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "scaler": scaler.state_dict(), "rng": rng_state(mask_gen),
+            "epoch": epoch, "batch_in_epoch": batch_in_epoch, "global_step": global_step,
+        }, path)
+        prune_checkpoints(out, t.keep_last)
+        return path
+
+    total_steps = t.epochs * steps_per_epoch
+    bar = tqdm(total=total_steps, initial=global_step, unit="step", disable=not progress, dynamic_ncols=True)
+    model.train()
+    last_ckpt, last_loss, stopped = None, float("nan"), False
+    while epoch < t.epochs and not stopped:
+        sampler.set_epoch(epoch, batch_in_epoch)
+        skipped: dict[str, None] = {}  # unique unreadable files met this epoch, in order
+        window_loss = torch.zeros((), device=device)
+        window_steps, window_imgs, window_start = 0, 0, time.perf_counter()
+        for imgs, _, bad in loader:
+            skipped.update(dict.fromkeys(bad))
+            imgs = imgs.to(device, non_blocking=True)
+            with autocast(device, t.precision):
+                loss = model(imgs, generator=mask_gen).loss
+            scaler.scale(loss / t.accum_iter).backward()
+            window_loss += loss.detach() / t.accum_iter
+            window_imgs += imgs.shape[0]
+            batch_in_epoch += 1
+            if batch_in_epoch % t.accum_iter:
+                continue
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+            global_step += 1
+            window_steps += 1
+            bar.update(1)
+            stopped = t.stop_after_steps is not None and global_step >= t.stop_after_steps
+            if global_step % t.log_every == 0 or batch_in_epoch == sampler.batches_per_epoch or stopped:
+                last_loss = window_loss.item() / window_steps  # the only host sync, once per log window
+                speed = window_imgs / (time.perf_counter() - window_start)
+                current_lr = opt.param_groups[0]["lr"]
+                log.write(type="train", step=global_step, epoch=epoch, loss=last_loss, lr=current_lr, img_per_s=speed)
+                bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{current_lr:.2e}", img_s=f"{speed:.0f}", refresh=False)
+                window_loss.zero_()
+                window_steps, window_imgs, window_start = 0, 0, time.perf_counter()
+            if stopped:
+                break
+        if skipped:
+            first = list(skipped)[:10]
+            bar.write(f"warning: epoch {epoch}: skipped {len(skipped)} unreadable files, first: {', '.join(first[:3])}")
+            log.write(type="skipped", epoch=epoch, count=len(skipped), first=first)
+        if stopped and batch_in_epoch < sampler.batches_per_epoch:
+            last_ckpt = save()  # mid-epoch stop: resume continues inside this epoch
+            break
+        epoch, batch_in_epoch = epoch + 1, 0
+        if epoch % t.save_every == 0 or epoch == t.epochs or stopped:
+            last_ckpt = save()
+    bar.close()
+    if last_ckpt is None:  # resumed a finished run
+        last_ckpt = save()
+
+    imgs = vis_batch(cfg, source, device)
+    if imgs is not None and epoch >= t.epochs:  # a finished run gets its picture
+        scale = max(1, 128 // max(cfg.model.image_size))
+        save_reconstruction(out / "reconstruction.png", model, imgs, cfg.data.mean, cfg.data.std, seed=t.seed,
+                            scale=scale)
+    log.write(type="end", global_step=global_step, epoch=epoch, checkpoint=str(last_ckpt), loss=last_loss)
+    return RunResult(out, last_ckpt, global_step, last_loss)

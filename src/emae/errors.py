@@ -1,0 +1,17 @@
+"""Errors that reach the user as one clear line (the CLI prints them without a traceback)."""
+
+
+class EmaeError(Exception):
+    """Base class: the message is the whole story."""
+
+
+class ConfigError(EmaeError, ValueError):
+    """A configuration value or combination that cannot work."""
+
+
+class DataError(EmaeError):
+    """Missing, empty or unreadable data."""
+
+
+class CheckpointError(EmaeError):
+    """A checkpoint that cannot be found, read or matched to the model."""

@@ -1,0 +1,29 @@
+"""Mask strategies: pure functions from (batch, grid, ratio, randomness) to a :class:`Mask`.
+
+Every strategy has the signature ``fn(batch, grid, ratio, *, noise=None, generator=None, device=None)``
+and is registered in :data:`MASKS`, so a method picks one by name (``mask.type`` in a config).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .base import Mask, check_ratio, draw_noise
+from .random import random_mask
+
+MaskFn = Callable[..., Mask]
+
+MASKS: dict[str, MaskFn] = {
+    "random": random_mask,
+}
+
+
+def get_mask_fn(name: str) -> MaskFn:
+    from ..errors import ConfigError
+
+    if name not in MASKS:
+        raise ConfigError(f"mask.type: unknown mask strategy {name!r}; choose one of {sorted(MASKS)}")
+    return MASKS[name]
+
+
+__all__ = ["MASKS", "Mask", "MaskFn", "check_ratio", "draw_noise", "get_mask_fn", "random_mask"]

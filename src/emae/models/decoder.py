@@ -1,0 +1,53 @@
+"""MAE's light decoder: project, fill removed positions with a shared mask token, unshuffle, predict pixels.
+
+State-dict keys map one to one onto the official ``decoder_*`` keys (``embed`` <-> ``decoder_embed``, ...).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .init import init_mae_weights
+from .pos_embed import sincos_2d
+from .vit import LayerNorm, transformer_blocks
+
+
+class MAEDecoder(nn.Module):
+    def __init__(
+        self,
+        grid: tuple[int, int],
+        encoder_dim: int,
+        out_dim: int,
+        embed_dim: int = 512,
+        depth: int = 8,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+    ) -> None:
+        super().__init__()
+        self.grid = tuple(grid)
+        self.embed_dim = embed_dim
+        self.embed = nn.Linear(encoder_dim, embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(sincos_2d(embed_dim, self.grid), requires_grad=False)
+        self.blocks = transformer_blocks(embed_dim, depth, num_heads, mlp_ratio)
+        self.norm = LayerNorm(embed_dim)
+        self.pred = nn.Linear(embed_dim, out_dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.apply(init_mae_weights)
+        nn.init.normal_(self.mask_token, std=0.02)
+        with torch.no_grad():
+            self.pos_embed.copy_(sincos_2d(self.embed_dim, self.grid))
+
+    def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """latent (N, 1 + kept, De) with cls first; returns per-patch predictions (N, L, out_dim) in image order."""
+        x = self.embed(latent)
+        n, length = ids_restore.shape
+        tokens = torch.cat([x[:, 1:], self.mask_token.expand(n, length + 1 - x.shape[1], -1)], dim=1)
+        tokens = torch.gather(tokens, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        x = torch.cat([x[:, :1], tokens], dim=1) + self.pos_embed
+        for blk in self.blocks:
+            x = blk(x)
+        return self.pred(self.norm(x))[:, 1:]

@@ -1,0 +1,102 @@
+"""ViT encoder that runs on a subset of patch tokens (MAE) or on all of them (features, fine-tuning).
+
+Built from timm's ``PatchEmbed`` and ``Block``; the state-dict keys are timm's ``VisionTransformer`` keys
+(``cls_token``, ``pos_embed``, ``patch_embed.proj.*``, ``blocks.N.*``, ``norm.*``).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from timm.layers import PatchEmbed
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from .init import init_mae_weights, init_patch_embed
+from .pos_embed import sincos_2d
+
+# width, depth, heads
+VIT_SIZES: dict[str, tuple[int, int, int]] = {
+    "vit_tiny": (192, 12, 3),
+    "vit_small": (384, 12, 6),
+    "vit_base": (768, 12, 12),
+    "vit_large": (1024, 24, 16),
+    "vit_huge": (1280, 32, 16),
+}
+
+LayerNorm = partial(nn.LayerNorm, eps=1e-6)
+
+
+def transformer_blocks(dim: int, depth: int, num_heads: int, mlp_ratio: float, drop_path: float = 0.0) -> nn.ModuleList:
+    """Pre-norm timm blocks with qkv bias and LayerNorm eps 1e-6; drop path grows linearly with depth."""
+    rates = torch.linspace(0, drop_path, depth).tolist() if depth > 1 else [drop_path] * depth
+    return nn.ModuleList(
+        Block(dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=LayerNorm, drop_path=r) for r in rates
+    )
+
+
+def gather_tokens(x: torch.Tensor, ids: torch.Tensor, parts: int = 1) -> torch.Tensor:
+    """Pick tokens ``ids`` (N, K) from ``x`` (N // parts, L, D); sequence n reads image n // parts."""
+    if parts == 1:
+        return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    rows = torch.arange(ids.shape[0], device=ids.device).div(parts, rounding_mode="floor")
+    return x[rows.unsqueeze(1), ids]
+
+
+class ViTEncoder(nn.Module):
+    """Patch embedding + fixed sin-cos positions + cls token + Transformer blocks + final norm."""
+
+    def __init__(
+        self,
+        img_size: tuple[int, int] = (224, 224),
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.in_chans = in_chans
+        self.embed_dim = embed_dim
+        self.patch_embed = PatchEmbed(tuple(img_size), patch_size, in_chans, embed_dim)
+        self.grid: tuple[int, int] = tuple(self.patch_embed.grid_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        # Fixed, not trained; kept as a parameter so checkpoints carry it, like MAE and timm.
+        self.pos_embed = nn.Parameter(sincos_2d(embed_dim, self.grid), requires_grad=False)
+        self.blocks = transformer_blocks(embed_dim, depth, num_heads, mlp_ratio, drop_path)
+        self.norm = LayerNorm(embed_dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.apply(init_mae_weights)
+        init_patch_embed(self.patch_embed.proj)
+        nn.init.normal_(self.cls_token, std=0.02)
+        with torch.no_grad():
+            self.pos_embed.copy_(sincos_2d(self.embed_dim, self.grid))
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def embed(self, imgs: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, L, D) patch tokens with their positions added."""
+        return self.patch_embed(imgs) + self.pos_embed[:, 1:]
+
+    def forward(self, imgs: torch.Tensor, ids_keep: torch.Tensor | None = None, parts: int = 1) -> torch.Tensor:
+        """Encode the kept patches (all of them when ``ids_keep`` is None); returns (N, 1 + kept, D), cls first."""
+        x = self.embed(imgs)
+        if ids_keep is not None:
+            x = gather_tokens(x, ids_keep, parts)
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)
+
+    def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
+        """All tokens, no masking: (B, 1 + L, D)."""
+        return self.forward(imgs)

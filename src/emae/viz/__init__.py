@@ -1,0 +1,5 @@
+"""Pictures: reconstruction grids."""
+
+from .reconstruction import STATS, reconstruction_rows, save_reconstruction, to_pixels, visible_stats
+
+__all__ = ["STATS", "reconstruction_rows", "save_reconstruction", "to_pixels", "visible_stats"]

@@ -1,0 +1,123 @@
+"""The training engine: lr rule and schedule, weight-decay groups, checkpoints, exact resume, run folders."""
+
+import math
+
+import pytest
+import torch
+
+from emae import build_model
+from emae.engine import (
+    build_optimizer,
+    effective_lr,
+    latest_valid_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    pretrain,
+    read_log,
+    save_atomic,
+    warmup_cosine,
+)
+from emae.errors import CheckpointError, ConfigError
+
+from helpers import tiny_config, write_images
+
+
+def test_lr_scaling_and_schedule():
+    cfg = tiny_config("train.batch_size=64", "train.accum_iter=4", "train.base_lr=1.5e-4")
+    assert effective_lr(cfg.train) == pytest.approx(1.5e-4 * 256 / 256)
+    assert effective_lr(cfg.train, world_size=16) == pytest.approx(1.5e-4 * 4096 / 256)
+    assert effective_lr(tiny_config("train.lr=0.01").train) == 0.01
+    assert warmup_cosine(0, 10, 100) == 0 and warmup_cosine(5, 10, 100) == 0.5
+    assert warmup_cosine(10, 10, 100) == 1.0
+    assert warmup_cosine(55, 10, 100) == pytest.approx(0.5)
+    assert warmup_cosine(100, 10, 100, min_ratio=0.1) == pytest.approx(0.1)
+    assert warmup_cosine(30, 10, 100) == pytest.approx(0.5 * (1 + math.cos(math.pi * 20 / 90)))
+
+
+def test_no_weight_decay_on_biases_norms_and_tokens(tiny):
+    model = build_model(tiny())
+    opt = build_optimizer(model, tiny().train, 1e-3)
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay = {names[id(p)] for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    decay = {names[id(p)] for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert {"encoder.cls_token", "decoder.mask_token", "encoder.norm.weight", "decoder.pred.bias"} <= no_decay
+    assert "encoder.blocks.0.attn.qkv.weight" in decay and "encoder.patch_embed.proj.weight" in decay
+    assert all(n.endswith("weight") and "norm" not in n for n in decay)
+    assert "encoder.pos_embed" not in no_decay | decay  # fixed: not optimised at all
+    assert opt.param_groups[0]["betas"] == (0.9, 0.95)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imgs")
+    write_images(root, 40, size=24)
+    return root
+
+
+def run(folder, out, *extra, resume=None):
+    cfg = tiny_config("train.epochs=2", "train.batch_size=8", "train.warmup_epochs=0.5", "train.num_vis=2",
+                      *extra, **{"data.path": str(folder), "output_dir": str(out)})
+    return pretrain(cfg, resume=resume, progress=False)
+
+
+def params(path):
+    return load_checkpoint(path)["model"]
+
+
+@pytest.mark.parametrize("stop", [3, 5])  # mid-epoch (3 of 5 steps) and at the epoch boundary
+def test_exact_resume(folder, tmp_path, stop):
+    straight = run(folder, tmp_path / "a", "data.num_workers=0")
+    first = run(folder, tmp_path / "b", "data.num_workers=0", f"train.stop_after_steps={stop}")
+    assert first.global_step == stop and straight.global_step == 10
+    # the rest runs with worker processes: the data order and augmentation must not depend on them
+    second = run(folder, tmp_path / "b", "data.num_workers=2", resume="auto")
+    assert second.global_step == 10
+    a, b = params(straight.checkpoint), params(second.checkpoint)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    losses = [r["loss"] for r in read_log(tmp_path / "a" / "log.jsonl") if r["type"] == "train"]
+    assert losses[-1] < losses[0]
+
+
+def test_run_outputs_and_checkpoint_contents(folder, tmp_path):
+    result = run(folder, tmp_path, "train.save_every=1", "train.log_every=1")
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-00000010.pt", "checkpoint-00000005.pt"]
+    ckpt = load_checkpoint(result.checkpoint)
+    assert ckpt["version"] == 1 and ckpt["method"] == "mae" and ckpt["config"]["train"]["epochs"] == 2
+    assert {"model", "optimizer", "scheduler", "scaler", "rng", "epoch", "global_step"} <= ckpt.keys()
+    assert (tmp_path / "reconstruction.png").stat().st_size > 0
+    records = read_log(tmp_path / "log.jsonl")
+    assert [r["type"] for r in records][0] == "start" and records[-1]["type"] == "end"
+    assert sum(r["type"] == "train" for r in records) == 10
+    assert all({"loss", "lr", "img_per_s"} <= r.keys() for r in records if r["type"] == "train")
+
+
+def test_run_folder_is_never_silently_overwritten(folder, tmp_path):
+    run(folder, tmp_path, "train.epochs=1")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(ConfigError, match="already holds a run"):
+        run(folder, tmp_path, "train.epochs=1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    cfg = tiny_config("train.epochs=1", "train.batch_size=8", **{"data.path": str(folder), "output_dir": str(tmp_path)})
+    assert pretrain(cfg, overwrite=True, progress=False).global_step == 5
+
+
+def test_atomic_save_and_bad_checkpoints(tmp_path):
+    save_atomic({"x": 1}, tmp_path / "a.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.pt"]  # no temporary left behind
+    with pytest.raises(CheckpointError, match="is not an emae checkpoint"):
+        load_checkpoint(tmp_path / "a.pt")
+    (tmp_path / "checkpoint-00000009.pt").write_bytes(b"truncated")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_checkpoint(tmp_path / "checkpoint-00000009.pt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_resume_auto_skips_a_corrupt_newest(folder, tmp_path):
+    run(folder, tmp_path, "train.epochs=1")
+    (tmp_path / "checkpoint-00000099.pt").write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="skipping"):
+        path, ckpt = latest_valid_checkpoint(tmp_path)
+    assert path.name == "checkpoint-00000005.pt" and ckpt["global_step"] == 5
