@@ -68,7 +68,7 @@ def test_loss_ignores_visible_patches(tiny):
     imgs = torch.randn(3, 3, 16, 16)
     out = model(imgs, generator=torch.Generator().manual_seed(0))
     pred = out.pred.detach().requires_grad_(True)
-    model.loss(pred, out.target, out.mask.mask).backward()
+    model.loss(pred, out.target, out.mask)["loss"].backward()
     visible = out.mask.mask == 0
     assert (pred.grad[visible] == 0).all()
     assert (pred.grad[~visible].abs().sum(-1) > 0).all()

@@ -52,6 +52,15 @@ class MaskConfig:
 
 
 @dataclass
+class ConsistencyConfig:
+    """EMAE's self-consistency loss between parts; used with parallel masks (method emae)."""
+
+    enabled: bool = True  # false: parallel mask without consistency (an ablation)
+    weight: float = 1.0  # lambda in loss = reconstruction + lambda * consistency (unverified; paper gives none)
+    distance: str = "l1"  # l1 | l2 (squared)
+
+
+@dataclass
 class DataConfig:
     path: str | None = None  # ImageFolder tree or folder of images; None: the embedded digits
     scale: list[float] = field(default_factory=lambda: [0.2, 1.0])  # RandomResizedCrop area range
@@ -78,6 +87,8 @@ class TrainConfig:
     seed: int = 0
     save_every: int = 1  # write a checkpoint every N epochs (and always at the end)
     keep_last: int = 0  # keep only the newest N checkpoints; 0 keeps all
+    max_steps: int | None = None  # run length in optimiser steps (the schedule spans it); overrides epochs
+    save_every_steps: int = 0  # also write a checkpoint every N optimiser steps; 0: off
     stop_after_steps: int | None = None  # stop (with a checkpoint) after this many optimiser steps; schedule unchanged
     log_every: int = 10  # optimiser steps between log lines
     num_vis: int = 8  # images in the reconstruction picture
@@ -89,6 +100,7 @@ class Config:
     output_dir: str | None = None  # None: runs/<method>-<timestamp>
     model: ModelConfig = field(default_factory=ModelConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
+    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -96,7 +108,7 @@ class Config:
         return dataclasses.asdict(self)
 
 
-METHODS = ("mae",)
+METHODS = ("mae", "emae")  # emae: a parallel mask (K parts per image) + self-consistency
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -251,7 +263,8 @@ def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
 
 def validate(cfg: Config) -> None:
     """Check every value's range and the combinations that must agree."""
-    from .masks import MASKS
+    from .losses import DISTANCES
+    from .masks import MASKS, PARALLEL_MASKS, num_parts
     from .models.vit import VIT_SIZES
 
     m, k, d, t = cfg.model, cfg.mask, cfg.data, cfg.train
@@ -272,6 +285,15 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.img_size: {h}x{w} is not divisible by model.patch_size {m.patch_size}")
     _require(k.type in MASKS, "mask.type", k.type, f"choose one of {sorted(MASKS)}")
     _require(0.0 < k.ratio < 1.0, "mask.ratio", k.ratio, "must be in (0, 1)")
+    if cfg.method == "emae":
+        _require(k.type in PARALLEL_MASKS, "mask.type", k.type, f"method emae needs one of {sorted(PARALLEL_MASKS)}")
+    else:
+        _require(k.type not in PARALLEL_MASKS, "mask.type", k.type, "parallel masks need method: emae")
+    if k.type in PARALLEL_MASKS:
+        num_parts(k.ratio)
+    c = cfg.consistency
+    _require(c.weight >= 0, "consistency.weight", c.weight, "must be >= 0")
+    _require(c.distance in DISTANCES, "consistency.distance", c.distance, f"choose one of {list(DISTANCES)}")
     if int((h // m.patch_size) * (w // m.patch_size) * (1 - k.ratio)) < 1:
         raise ConfigError(f"mask.ratio: {k.ratio} keeps no patch of the {h // m.patch_size}x{w // m.patch_size} grid")
     _require(len(d.scale) == 2 and 0 < d.scale[0] <= d.scale[1] <= 1, "data.scale", d.scale, "need 0 < min <= max <= 1")
@@ -294,6 +316,8 @@ def validate(cfg: Config) -> None:
     _require(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), "train.device", t.device,
              "use auto, cpu, cuda or cuda:N")
     _require(t.keep_last >= 0, "train.keep_last", t.keep_last, "must be >= 0")
+    _require(t.max_steps is None or t.max_steps > 0, "train.max_steps", t.max_steps, "must be positive or null")
+    _require(t.save_every_steps >= 0, "train.save_every_steps", t.save_every_steps, "must be >= 0")
     _require(t.stop_after_steps is None or t.stop_after_steps > 0, "train.stop_after_steps", t.stop_after_steps,
              "must be positive or null")
     _require(t.num_vis >= 0, "train.num_vis", t.num_vis, "must be >= 0")

@@ -6,13 +6,14 @@ import argparse
 import sys
 
 from ..errors import EmaeError
-from . import pretrain
+from . import consistency, pretrain
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emae", description="Masked image modeling: MAE, EMAE, UM-MAE.")
     sub = parser.add_subparsers(dest="command", required=True)
     pretrain.add_parser(sub)
+    consistency.add_parser(sub)
     return parser
 
 

@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", help="run folder (default: runs/<method>-<timestamp>)")
     p.add_argument("--resume", metavar="PATH|auto", help="continue from a checkpoint, or the newest valid one in --output")
     p.add_argument("--overwrite", action="store_true", help="start over in an --output folder that holds a run")
-    p.add_argument("--method", help="mae (default)")
+    p.add_argument("--method", choices=["mae", "emae"], help="mae (default), or emae (sets mask.type=parallel)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (the JSON-lines log is still written)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=5")
     p.set_defaults(run=run)
@@ -31,6 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     flags = {"data.path": args.data, "output_dir": args.output, "method": args.method}
+    if args.method:
+        flags["mask.type"] = "parallel" if args.method == "emae" else "random"
     base = None
     if args.resume not in (None, "auto") and not args.config:
         base = load_checkpoint(args.resume)["config"]  # continue the run as it was configured ...

@@ -34,9 +34,10 @@ def warmup_cosine(step: int, warmup_steps: float, total_steps: int, min_ratio: f
     return min_ratio + (1 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def build_scheduler(opt: torch.optim.Optimizer, t: TrainConfig, lr: float, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-iteration schedule; warmup and length are in epochs, so they scale with the data set."""
+def build_scheduler(
+    opt: torch.optim.Optimizer, t: TrainConfig, lr: float, steps_per_epoch: int, total: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-iteration schedule over ``total`` steps; warmup is in epochs (fractions allowed)."""
     warmup = t.warmup_epochs * steps_per_epoch
-    total = t.epochs * steps_per_epoch
     min_ratio = t.min_lr / lr
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total, min_ratio))

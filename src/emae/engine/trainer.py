@@ -128,7 +128,8 @@ def pretrain(cfg: Config, resume: str | None = None, overwrite: bool = False, pr
     model = build_model(cfg).to(device)
     lr = effective_lr(t)
     opt = build_optimizer(model, t, lr)
-    sched = build_scheduler(opt, t, lr, steps_per_epoch)
+    total_steps = t.max_steps or t.epochs * steps_per_epoch
+    sched = build_scheduler(opt, t, lr, steps_per_epoch, total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
     mask_gen = torch.Generator(device).manual_seed(t.seed)
     epoch, batch_in_epoch, global_step = 0, 0, 0
@@ -162,22 +163,22 @@ def pretrain(cfg: Config, resume: str | None = None, overwrite: bool = False, pr
         prune_checkpoints(out, t.keep_last)
         return path
 
-    total_steps = t.epochs * steps_per_epoch
     bar = tqdm(total=total_steps, initial=global_step, unit="step", disable=not progress, dynamic_ncols=True)
     model.train()
     last_ckpt, last_loss, stopped = None, float("nan"), False
-    while epoch < t.epochs and not stopped:
+    while global_step < total_steps and not stopped:
         sampler.set_epoch(epoch, batch_in_epoch)
         skipped: dict[str, None] = {}  # unique unreadable files met this epoch, in order
-        window_loss = torch.zeros((), device=device)
+        window: dict[str, torch.Tensor] = {}  # summed loss terms since the last log line
         window_steps, window_imgs, window_start = 0, 0, time.perf_counter()
         for imgs, _, bad in loader:
             skipped.update(dict.fromkeys(bad))
             imgs = imgs.to(device, non_blocking=True)
             with autocast(device, t.precision):
-                loss = model(imgs, generator=mask_gen).loss
-            scaler.scale(loss / t.accum_iter).backward()
-            window_loss += loss.detach() / t.accum_iter
+                step_out = model(imgs, generator=mask_gen)
+            scaler.scale(step_out.loss / t.accum_iter).backward()
+            for name, value in step_out.terms.items():
+                window[name] = window.get(name, 0) + value.detach().float() / t.accum_iter
             window_imgs += imgs.shape[0]
             batch_in_epoch += 1
             if batch_in_epoch % t.accum_iter:
@@ -190,32 +191,36 @@ def pretrain(cfg: Config, resume: str | None = None, overwrite: bool = False, pr
             window_steps += 1
             bar.update(1)
             stopped = t.stop_after_steps is not None and global_step >= t.stop_after_steps
-            if global_step % t.log_every == 0 or batch_in_epoch == sampler.batches_per_epoch or stopped:
-                last_loss = window_loss.item() / window_steps  # the only host sync, once per log window
+            done = global_step >= total_steps
+            if global_step % t.log_every == 0 or batch_in_epoch == sampler.batches_per_epoch or stopped or done:
+                terms = {k: v.item() / window_steps for k, v in window.items()}  # the one host sync per window
+                last_loss = terms["loss"]
                 speed = window_imgs / (time.perf_counter() - window_start)
                 current_lr = opt.param_groups[0]["lr"]
-                log.write(type="train", step=global_step, epoch=epoch, loss=last_loss, lr=current_lr, img_per_s=speed)
+                log.write(type="train", step=global_step, epoch=epoch, **terms, lr=current_lr, img_per_s=speed)
                 bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{current_lr:.2e}", img_s=f"{speed:.0f}", refresh=False)
-                window_loss.zero_()
+                window = {}
                 window_steps, window_imgs, window_start = 0, 0, time.perf_counter()
-            if stopped:
+            if stopped or done:
                 break
+            if t.save_every_steps and global_step % t.save_every_steps == 0:
+                last_ckpt = save()
         if skipped:
             first = list(skipped)[:10]
             bar.write(f"warning: epoch {epoch}: skipped {len(skipped)} unreadable files, first: {', '.join(first[:3])}")
             log.write(type="skipped", epoch=epoch, count=len(skipped), first=first)
-        if stopped and batch_in_epoch < sampler.batches_per_epoch:
-            last_ckpt = save()  # mid-epoch stop: resume continues inside this epoch
+        if batch_in_epoch < sampler.batches_per_epoch:  # stopped or finished inside an epoch
+            last_ckpt = save()
             break
         epoch, batch_in_epoch = epoch + 1, 0
-        if epoch % t.save_every == 0 or epoch == t.epochs or stopped:
+        if epoch % t.save_every == 0 or global_step >= total_steps or stopped:
             last_ckpt = save()
     bar.close()
     if last_ckpt is None:  # resumed a finished run
         last_ckpt = save()
 
     imgs = vis_batch(cfg, source, device)
-    if imgs is not None and epoch >= t.epochs:  # a finished run gets its picture
+    if imgs is not None and global_step >= total_steps:  # a finished run gets its picture
         scale = max(1, 128 // max(cfg.model.image_size))
         save_reconstruction(out / "reconstruction.png", model, imgs, cfg.data.mean, cfg.data.std, seed=t.seed,
                             scale=scale)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..masks import Mask
 from ..patches import patchify
+from .consistency import SelfConsistencyLoss
 
 
 def pixel_target(imgs: torch.Tensor, patch_size: int, norm_pix: bool, eps: float = 1e-6) -> torch.Tensor:
@@ -19,20 +21,35 @@ def pixel_target(imgs: torch.Tensor, patch_size: int, norm_pix: bool, eps: float
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the p*p*C values of each patch, then mean over the patches where ``mask`` is 1."""
+    """Mean over the p*p*C values of each patch, then mean over the patches where ``mask`` is 1.
+
+    For K-part masks every part removes the same number of patches, so this is also the mean over parts of
+    each part's MAE loss.
+    """
     per_patch = (pred - target).pow(2).mean(dim=-1)
     return (per_patch * mask).sum() / mask.sum()
 
 
 class PixelReconstructionLoss(nn.Module):
-    def __init__(self, patch_size: int, norm_pix: bool = True) -> None:
+    """Reconstruction on removed patches, plus (optionally, for multi-part masks) EMAE's self-consistency.
+
+    ``forward`` returns named terms; ``"loss"`` is the total that is optimised.
+    """
+
+    def __init__(self, patch_size: int, norm_pix: bool = True, consistency: SelfConsistencyLoss | None = None,
+                 consistency_weight: float = 1.0) -> None:
         super().__init__()
         self.patch_size = patch_size
         self.norm_pix = norm_pix
+        self.consistency = consistency
+        self.consistency_weight = consistency_weight
 
     def target(self, imgs: torch.Tensor) -> torch.Tensor:
         return pixel_target(imgs, self.patch_size, self.norm_pix)
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``pred`` (N, L, P) against ``target`` (N, L, P), averaged over removed patches of all N sequences."""
-        return masked_mse(pred, target, mask)
+    def forward(self, pred: torch.Tensor, target: torch.Tensor, mask: Mask) -> dict[str, torch.Tensor]:
+        recon = masked_mse(pred, target, mask.mask)
+        if self.consistency is None or mask.parts == 1:
+            return {"loss": recon}
+        cons = self.consistency(pred, mask.mask, mask.parts)
+        return {"loss": recon + self.consistency_weight * cons, "recon": recon, "consistency": cons}

@@ -9,13 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .base import Mask, check_ratio, draw_noise
+from .parallel import num_parts, parallel_mask
 from .random import random_mask
 
 MaskFn = Callable[..., Mask]
 
 MASKS: dict[str, MaskFn] = {
     "random": random_mask,
+    "parallel": parallel_mask,  # EMAE: K disjoint parts per image
 }
+PARALLEL_MASKS = {"parallel"}
 
 
 def get_mask_fn(name: str) -> MaskFn:
@@ -26,4 +29,4 @@ def get_mask_fn(name: str) -> MaskFn:
     return MASKS[name]
 
 
-__all__ = ["MASKS", "Mask", "MaskFn", "check_ratio", "draw_noise", "get_mask_fn", "random_mask"]
+__all__ = ["MASKS", "PARALLEL_MASKS", "num_parts", "parallel_mask", "Mask", "MaskFn", "check_ratio", "draw_noise", "get_mask_fn", "random_mask"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..config import Config, ModelConfig
 from ..errors import ConfigError
-from ..losses import PixelReconstructionLoss
+from ..losses import PixelReconstructionLoss, SelfConsistencyLoss
 from ..masks import get_mask_fn
 from .decoder import MAEDecoder
 from .mae import MaskedAutoencoder
@@ -32,5 +32,7 @@ def build_model(cfg: Config) -> MaskedAutoencoder:
     decoder = MAEDecoder(
         encoder.grid, width, out_dim, m.decoder_embed_dim, m.decoder_depth, m.decoder_num_heads, m.mlp_ratio
     )
-    loss = PixelReconstructionLoss(m.patch_size, m.norm_pix_loss)
+    c = cfg.consistency
+    consistency = SelfConsistencyLoss(c.distance) if cfg.method == "emae" and c.enabled else None
+    loss = PixelReconstructionLoss(m.patch_size, m.norm_pix_loss, consistency, c.weight)
     return MaskedAutoencoder(encoder, decoder, loss, get_mask_fn(cfg.mask.type), cfg.mask.ratio)

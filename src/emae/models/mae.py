@@ -18,10 +18,11 @@ from .vit import ViTEncoder
 
 @dataclass
 class MAEOutput:
-    loss: torch.Tensor
+    loss: torch.Tensor  # the total that is optimised
     pred: torch.Tensor  # (N, L, p*p*C) predictions in the loss's target space, image order
     target: torch.Tensor  # (N, L, p*p*C)
     mask: Mask
+    terms: dict[str, torch.Tensor]  # the loss's named parts ("loss", and e.g. "recon", "consistency")
 
 
 class MaskedAutoencoder(nn.Module):
@@ -76,7 +77,8 @@ class MaskedAutoencoder(nn.Module):
         target = self.loss.target(imgs)
         if mask.parts > 1:
             target = target.repeat_interleave(mask.parts, dim=0)
-        return MAEOutput(self.loss(pred, target, mask.mask), pred, target, mask)
+        terms = self.loss(pred, target, mask)
+        return MAEOutput(terms["loss"], pred, target, mask, terms)
 
     @torch.no_grad()
     def extract_features(self, imgs: torch.Tensor, pool: str = "cls") -> torch.Tensor:

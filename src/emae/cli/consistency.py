@@ -1,0 +1,61 @@
+"""``emae consistency``: how consistent a model's predictions of the same patch are across mask rounds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from ..config import config_from_dict
+from ..data import ImageFiles, eval_transform
+from ..engine import load_checkpoint
+from ..eval.consistency import measure_consistency
+from ..models import build_model
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("consistency", help="prediction consistency of a checkpoint across random mask rounds")
+    p.add_argument("checkpoint", help="an emae checkpoint")
+    p.add_argument("--data", required=True, help="folder of images (ImageFolder or flat)")
+    p.add_argument("--rounds", type=int, default=10, help="independent random masks per image (default 10)")
+    p.add_argument("--images", type=int, default=256, help="images used, spread evenly over the folder")
+    p.add_argument("--ratio", type=float, default=None, help="mask ratio (default: the checkpoint's)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", help="JSON file for the figures")
+    p.set_defaults(run=run)
+
+
+def load_model(path: str) -> tuple[torch.nn.Module, object]:
+    ckpt = load_checkpoint(path)
+    cfg = config_from_dict(ckpt["config"])
+    model = build_model(cfg)
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), cfg
+
+
+def image_batches(folder: str, cfg, count: int, batch_size: int):
+    source = ImageFiles(folder, cfg.model.in_chans, cfg.data.strict)
+    tf = eval_transform(cfg.model.image_size, cfg.data.mean, cfg.data.std)
+    picks = torch.linspace(0, len(source) - 1, min(count, len(source))).round().long().tolist()
+    for i in range(0, len(picks), batch_size):
+        yield torch.stack([tf(source.fetch(j)[0]) for j in picks[i : i + batch_size]])
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError
+
+    if args.rounds < 2:
+        raise ConfigError(f"--rounds: {args.rounds} is too few; need at least 2 to compare predictions")
+    model, cfg = load_model(args.checkpoint)
+    ratio = args.ratio if args.ratio is not None else cfg.mask.ratio
+    stats = measure_consistency(model, image_batches(args.data, cfg, args.images, args.batch_size), args.rounds,
+                                ratio, args.seed)
+    stats["checkpoint"] = str(args.checkpoint)
+    print(f"{'checkpoint':<40} {'variance':>10} {'pairwise':>10} {'patches':>8}")
+    print(f"{Path(args.checkpoint).name:<40} {stats['variance']:>10.4f} {stats['pairwise']:>10.4f} {stats['patches']:>8}")
+    if args.output:
+        Path(args.output).write_text(json.dumps(stats, indent=2))
+    return 0

@@ -1,0 +1,46 @@
+"""EMAE's self-consistency loss between the K parts of each image.
+
+For every pair of parts i < j, on the patches masked in *both* parts, each prediction is pulled toward the
+other's frozen value: d(sg(P_i), P_j) + d(P_i, sg(P_j)), sg = stop-gradient. The result is the mean over
+pairs and positions (each term a mean over the patch's p*p*C values). d is L1 (default) or L2 (squared).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import nn
+
+DISTANCES = ("l1", "l2")
+
+
+def patch_distance(a: torch.Tensor, b: torch.Tensor, distance: str) -> torch.Tensor:
+    diff = a - b
+    return (diff.abs() if distance == "l1" else diff.pow(2)).mean(dim=-1)
+
+
+def self_consistency(pred: torch.Tensor, mask: torch.Tensor, parts: int, distance: str = "l1") -> torch.Tensor:
+    """``pred`` (B*K, L, P) and ``mask`` (B*K, L) with the K parts of an image in consecutive rows."""
+    pred = pred.unflatten(0, (-1, parts))
+    mask = mask.unflatten(0, (-1, parts))
+    total = pred.new_zeros(())
+    count = mask.new_zeros(())
+    for i, j in itertools.combinations(range(parts), 2):
+        both = mask[:, i] * mask[:, j]
+        pi, pj = pred[:, i], pred[:, j]
+        d = patch_distance(pi.detach(), pj, distance) + patch_distance(pi, pj.detach(), distance)
+        total = total + (d * both).sum()
+        count = count + both.sum()
+    return total / count.clamp_min(1)
+
+
+class SelfConsistencyLoss(nn.Module):
+    def __init__(self, distance: str = "l1") -> None:
+        super().__init__()
+        if distance not in DISTANCES:
+            raise ValueError(f"distance {distance!r} is not one of {DISTANCES}")
+        self.distance = distance
+
+    def forward(self, pred: torch.Tensor, mask: torch.Tensor, parts: int) -> torch.Tensor:
+        return self_consistency(pred, mask, parts, self.distance)
