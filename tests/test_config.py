@@ -58,3 +58,9 @@ def test_every_key_is_overridable():
         text = "null" if value is None else str(value).replace("'", "")
         cfg = load_config(None, [f"{key}={text}"])
         assert getattr(getattr(cfg, section) if section else cfg, name) == value, key
+
+
+def test_exponent_floats_without_a_dot():
+    assert load_config(None, ["train.lr=1e-3", "train.base_lr=5e-4"]).train.lr == 1e-3
+    with pytest.raises(ConfigError, match="train.lr: 'fast' is not a float"):
+        load_config(None, ["train.lr=fast"])

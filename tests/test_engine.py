@@ -121,3 +121,21 @@ def test_resume_auto_skips_a_corrupt_newest(folder, tmp_path):
     with pytest.warns(UserWarning, match="skipping"):
         path, ckpt = latest_valid_checkpoint(tmp_path)
     assert path.name == "checkpoint-00000005.pt" and ckpt["global_step"] == 5
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_runs_and_learns(folder, tmp_path, precision):
+    """The GPU precisions work on CPU too (slowly): finite losses, the scaler state saved for fp16."""
+    result = run(folder, tmp_path, f"train.precision={precision}", "train.log_every=1", "train.lr=1e-3")
+    losses = [r["loss"] for r in read_log(tmp_path / "log.jsonl") if r["type"] == "train"]
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+    scaler = load_checkpoint(result.checkpoint)["scaler"]
+    assert bool(scaler) == (precision == "fp16")  # a loss scale is kept only for fp16
+
+
+def test_max_steps_sets_the_schedule_length(folder, tmp_path):
+    result = run(folder, tmp_path, "train.max_steps=7", "train.save_every_steps=3", "train.log_every=1")
+    assert result.global_step == 7
+    assert [p.name for p in list_checkpoints(tmp_path)] == [f"checkpoint-{s:08d}.pt" for s in (7, 6, 5, 3)]
+    lrs = [r["lr"] for r in read_log(tmp_path / "log.jsonl") if r["type"] == "train"]
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)  # the cosine reaches its end at max_steps
