@@ -8,16 +8,14 @@ from pathlib import Path
 
 import torch
 
-from ..config import config_from_dict
 from ..data import ImageFiles, eval_transform
-from ..engine import load_checkpoint
 from ..eval.consistency import measure_consistency
-from ..models import build_model
+from ..interop.load import build_mae, read_checkpoint
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("consistency", help="prediction consistency of a checkpoint across random mask rounds")
-    p.add_argument("checkpoint", help="an emae checkpoint")
+    p.add_argument("checkpoint", help="a full checkpoint (with decoder): emae, official MAE, or Hugging Face folder")
     p.add_argument("--data", required=True, help="folder of images (ImageFolder or flat)")
     p.add_argument("--rounds", type=int, default=10, help="independent random masks per image (default 10)")
     p.add_argument("--images", type=int, default=256, help="images used, spread evenly over the folder")
@@ -29,11 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def load_model(path: str) -> tuple[torch.nn.Module, object]:
-    ckpt = load_checkpoint(path)
-    cfg = config_from_dict(ckpt["config"])
-    model = build_model(cfg)
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), cfg
+    """Any full (with decoder) checkpoint that emae reads: emae, official MAE, Hugging Face."""
+    loaded = read_checkpoint(path)
+    return build_mae(loaded), loaded.config
 
 
 def image_batches(folder: str, cfg, count: int, batch_size: int):

@@ -71,13 +71,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def prepare_output_dir(cfg: Config, resume: str | None, overwrite: bool) -> tuple[Path, Path | None]:
-    """The run folder, and the checkpoint to resume from (None for a fresh run)."""
+def prepare_output_dir(cfg: Config, resume: str | None, overwrite: bool) -> tuple[Path, Path | None, list[Path]]:
+    """The run folder, the checkpoint to resume from (None for a fresh run), and, with ``overwrite``, the old
+    run's files, which the caller deletes only once the new run is ready to write."""
     if resume not in (None, "auto"):
         ckpt = Path(resume)
         out = Path(cfg.output_dir) if cfg.output_dir else ckpt.parent
         load_checkpoint(ckpt)  # fail early, in one line, on a bad path
-        return out, ckpt
+        return out, ckpt, []
     if cfg.output_dir is None:
         if resume == "auto":
             raise ConfigError("--resume auto needs --output: the run folder to continue")
@@ -87,12 +88,10 @@ def prepare_output_dir(cfg: Config, resume: str | None, overwrite: bool) -> tupl
     existing = list_checkpoints(out) + [out / f for f in RUN_FILES if (out / f).exists()]
     if resume == "auto":
         found = latest_valid_checkpoint(out)
-        return out, (found[0] if found else None)
+        return out, (found[0] if found else None), []
     if existing and not overwrite:
         raise ConfigError(f"output folder {out} already holds a run; pass --resume auto to continue it or --overwrite")
-    for path in existing:
-        path.unlink()
-    return out, None
+    return out, None, existing
 
 
 def vis_batch(cfg: Config, source, device: torch.device) -> torch.Tensor | None:
@@ -107,7 +106,7 @@ def vis_batch(cfg: Config, source, device: torch.device) -> torch.Tensor | None:
 
 def pretrain(cfg: Config, resume: str | None = None, overwrite: bool = False, progress: bool = True) -> RunResult:
     t = cfg.train
-    out, resume_path = prepare_output_dir(cfg, resume, overwrite)
+    out, resume_path, stale = prepare_output_dir(cfg, resume, overwrite)
     cfg.output_dir = str(out)
     device = resolve_device(t.device)
     seed_everything(t.seed)
@@ -143,6 +142,8 @@ def pretrain(cfg: Config, resume: str | None = None, overwrite: bool = False, pr
         set_rng_state(ckpt["rng"], mask_gen)
         epoch, batch_in_epoch, global_step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["global_step"]
 
+    for path in stale:  # --overwrite: the old run goes only now that the new one is ready
+        path.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     log = JsonlLog(out / "log.jsonl")
