@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import EmaeError
-from . import consistency, pretrain
+from . import consistency, export, finetune, knn, linprobe, plot, pretrain, visualize
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,6 +14,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     pretrain.add_parser(sub)
     consistency.add_parser(sub)
+    finetune.add_parser(sub)
+    linprobe.add_parser(sub)
+    knn.add_parser(sub)
+    visualize.add_parser(sub)
+    plot.add_parser(sub)
+    export.add_parser(sub)
     return parser
 
 

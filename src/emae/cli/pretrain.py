@@ -23,6 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", help="run folder (default: runs/<method>-<timestamp>)")
     p.add_argument("--resume", metavar="PATH|auto", help="continue from a checkpoint, or the newest valid one in --output")
     p.add_argument("--overwrite", action="store_true", help="start over in an --output folder that holds a run")
+    p.add_argument("--init", metavar="PATH", help="start from these weights (emae, official MAE full or encoder-only "
+                   ".pth, timm, safetensors, Hugging Face); fresh optimiser and schedule")
     p.add_argument("--method", choices=["mae", "emae"], help="mae (default), or emae (sets mask.type=parallel)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (the JSON-lines log is still written)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=5")
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = config_from_dict(base, flags, args.overrides)
     else:
         cfg = load_config(args.config, args.overrides, **flags)
-    result = pretrain(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    result = pretrain(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress, init=args.init)
     print(f"done: {result.global_step} steps, loss {result.loss:.4f}; checkpoint {result.checkpoint}; "
           f"log {result.output_dir / 'log.jsonl'}; picture {result.output_dir / 'reconstruction.png'}")
     return 0

@@ -104,7 +104,8 @@ def vis_batch(cfg: Config, source, device: torch.device) -> torch.Tensor | None:
     return torch.stack([tf(source.fetch(int(i))[0]) for i in picks]).to(device)
 
 
-def pretrain(cfg: Config, resume: str | None = None, overwrite: bool = False, progress: bool = True) -> RunResult:
+def pretrain(cfg: Config, resume: str | None = None, overwrite: bool = False, progress: bool = True,
+             init: str | None = None) -> RunResult:
     t = cfg.train
     out, resume_path, stale = prepare_output_dir(cfg, resume, overwrite)
     cfg.output_dir = str(out)
@@ -141,6 +142,11 @@ def pretrain(cfg: Config, resume: str | None = None, overwrite: bool = False, pr
         scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"], mask_gen)
         epoch, batch_in_epoch, global_step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["global_step"]
+    init_info = {}
+    if init is not None and resume_path is None:  # --init: weights only (any known format), fresh optimiser
+        from ..interop.load import init_from
+
+        init_info = init_from(model, init)
 
     for path in stale:  # --overwrite: the old run goes only now that the new one is ready
         path.unlink(missing_ok=True)
@@ -149,7 +155,7 @@ def pretrain(cfg: Config, resume: str | None = None, overwrite: bool = False, pr
     log = JsonlLog(out / "log.jsonl")
     if resume_path is None:
         log.write(type="start", lr=lr, steps_per_epoch=steps_per_epoch, images=len(source), data=str(source.root),
-                  params=sum(p.numel() for p in model.parameters() if p.requires_grad))
+                  params=sum(p.numel() for p in model.parameters() if p.requires_grad), **init_info)
     else:
         log.write(type="resume", checkpoint=str(resume_path), global_step=global_step)
 

@@ -80,14 +80,6 @@ class MaskedAutoencoder(nn.Module):
         terms = self.loss(pred, target, mask)
         return MAEOutput(terms["loss"], pred, target, mask, terms)
 
-    @torch.no_grad()
     def extract_features(self, imgs: torch.Tensor, pool: str = "cls") -> torch.Tensor:
         """Encoder on the whole image, no masking. ``pool``: 'cls', 'mean' (patch tokens) or 'none' (all tokens)."""
-        tokens = self.encoder.forward_features(imgs)
-        if pool == "cls":
-            return tokens[:, 0]
-        if pool == "mean":
-            return tokens[:, 1:].mean(dim=1)
-        if pool == "none":
-            return tokens
-        raise ConfigError(f"pool: {pool!r} is not one of 'cls', 'mean', 'none'")
+        return self.encoder.extract_features(imgs, pool)

@@ -100,3 +100,14 @@ class ViTEncoder(nn.Module):
     def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
         """All tokens, no masking: (B, 1 + L, D)."""
         return self.forward(imgs)
+
+    @torch.no_grad()
+    def extract_features(self, imgs: torch.Tensor, pool: str = "cls") -> torch.Tensor:
+        """As :meth:`MaskedAutoencoder.extract_features`: 'cls', 'mean' (patch tokens) or 'none' (all tokens)."""
+        tokens = self.forward_features(imgs)
+        pooled = {"cls": lambda: tokens[:, 0], "mean": lambda: tokens[:, 1:].mean(dim=1), "none": lambda: tokens}
+        if pool not in pooled:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"pool: {pool!r} is not one of 'cls', 'mean', 'none'")
+        return pooled[pool]()

@@ -1,0 +1,86 @@
+"""Labelled evaluation data: ImageFolder train / val folders, class-balanced subsets, loaders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..data import ImageFiles, TransformedImages, collate
+from ..errors import ConfigError, DataError
+
+
+def split_folders(data: str | None = None, train: str | None = None, val: str | None = None) -> tuple[Path, Path]:
+    """``--data DIR`` (with ``train/`` and ``val/`` or ``test/``) or ``--train DIR --val DIR``."""
+    if data and (train or val):
+        raise ConfigError("give either --data or --train and --val, not both")
+    if data:
+        root = Path(data)
+        if not root.is_dir():
+            raise DataError(f"--data: {root} is not a folder")
+        val_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
+        if not (root / "train").is_dir() or val_dir is None:
+            raise DataError(f"--data: {root} needs train/ and val/ (or test/) sub-folders; or pass --train and --val")
+        return root / "train", val_dir
+    if train and val:
+        return Path(train), Path(val)
+    raise ConfigError("give --data DIR (with train/ and val/ or test/) or both --train DIR and --val DIR")
+
+
+def labelled_images(root: str | Path, in_chans: int = 3) -> ImageFiles:
+    """An ImageFolder tree; a folder without class sub-folders is an error (evaluation needs labels)."""
+    source = ImageFiles(root, in_chans)
+    if source.labels is None:
+        raise DataError(f"{root} has no class sub-folders; evaluation needs labels, laid out as {root}/<class>/*.jpg")
+    return source
+
+
+class Subset:
+    """Some of a source's images, same interface (``fetch``, ``labels``, ``classes``, ``root``)."""
+
+    def __init__(self, source: ImageFiles, indices: list[int]) -> None:
+        self.source, self.indices = source, indices
+        self.root, self.classes = source.root, source.classes
+        self.labels = [source.labels[i] for i in indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def fetch(self, index: int):
+        return self.source.fetch(self.indices[index])
+
+
+def limit(source: ImageFiles, n: int | None, seed: int = 0) -> ImageFiles | Subset:
+    """At most ``n`` images, a seeded class-balanced draw (round robin over classes); all when n is None."""
+    if n is None or n >= len(source):
+        return source
+    order = torch.randperm(len(source), generator=torch.Generator().manual_seed(seed)).tolist()
+    by_class: dict[int, list[int]] = {}
+    for i in order:
+        by_class.setdefault(source.labels[i], []).append(i)
+    picked: list[int] = []
+    queues = [by_class[c] for c in sorted(by_class)]
+    while len(picked) < n:
+        for q in queues:
+            if q and len(picked) < n:
+                picked.append(q.pop())
+    return Subset(source, sorted(picked))
+
+
+def eval_sources(train: Path, val: Path, in_chans: int, max_train: int | None = None, max_val: int | None = None,
+                 seed: int = 0):
+    """Train and val sources with the same classes, in the same order."""
+    tr, va = labelled_images(train, in_chans), labelled_images(val, in_chans)
+    if tr.classes != va.classes:
+        extra = sorted(set(tr.classes) ^ set(va.classes))[:3]
+        raise DataError(f"{train} and {val} have different class folders (e.g. {', '.join(extra) or 'order'})")
+    return limit(tr, max_train, seed), limit(va, max_val, seed)
+
+
+def loader(source, transform: Callable, batch_size: int, workers: int = 0, shuffle: bool = False,
+           drop_last: bool = False, seed: int = 0) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(TransformedImages(source, transform), batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+                      num_workers=workers, collate_fn=collate, generator=g, persistent_workers=workers > 0)

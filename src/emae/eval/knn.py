@@ -1,0 +1,60 @@
+"""Weighted k-NN on frozen features (as in InstDisc / DINO): cosine similarity, votes weighted by exp(sim / T)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+@torch.no_grad()
+def knn_scores(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor, num_classes: int,
+               k: int, temperature: float = 0.07, chunk: int = 1024) -> torch.Tensor:
+    """(N_test, C) class scores: sum over the k most similar training samples of exp(cos_sim / T)."""
+    train = F.normalize(train_feats.float(), dim=1)
+    test = F.normalize(test_feats.float(), dim=1)
+    k = min(k, train.shape[0])
+    out = []
+    for start in range(0, test.shape[0], chunk):
+        sim, idx = (test[start:start + chunk] @ train.T).topk(k, dim=1)
+        votes = torch.zeros(sim.shape[0], num_classes, dtype=sim.dtype, device=sim.device)
+        out.append(votes.scatter_add_(1, train_labels[idx], (sim / temperature).exp()))
+    return torch.cat(out)
+
+
+def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[float]:
+    """Top-k accuracy in percent for each k (k capped at the number of classes)."""
+    top = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices
+    hit = top == labels.unsqueeze(1)
+    return [100.0 * hit[:, : min(k, scores.shape[1])].any(dim=1).float().mean().item() for k in ks]
+
+
+def knn_eval(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
+             test_labels: torch.Tensor, num_classes: int, ks: tuple[int, ...] = (20, 200),
+             temperature: float = 0.07) -> dict[str, dict[str, float]]:
+    """{"k=20": {"top1": ..., "top5": ...}, ...} in percent."""
+    results = {}
+    for k in ks:
+        scores = knn_scores(train_feats, train_labels, test_feats, num_classes, k, temperature)
+        top1, top5 = topk_accuracy(scores, test_labels)
+        results[f"k={k}"] = {"top1": top1, "top5": top5}
+    return results
+
+
+def knn_run(loaded, train_src, val_src, out, opts, ks: tuple[int, ...] = (20, 200), temperature: float = 0.07) -> dict:
+    """Extract (or reuse cached) frozen features of both splits, classify val by k-NN, write ``out/metrics.json``."""
+    import time
+
+    from .common import frozen_features, write_metrics
+
+    start = time.perf_counter()
+    f = frozen_features(loaded, train_src, val_src, opts)
+    results = knn_eval(f["train_feats"], f["train_labels"], f["val_feats"], f["val_labels"], len(train_src.classes),
+                       ks, temperature)
+    metrics = {
+        "command": "knn", "checkpoint": loaded.path, "source": loaded.source, "train": str(train_src.root),
+        "val": str(val_src.root), "train_images": len(train_src), "val_images": len(val_src),
+        "classes": len(train_src.classes), "temperature": temperature, "pool": opts.pool, **results,
+        "seconds": round(time.perf_counter() - start, 1), "options": opts.to_dict(),
+    }
+    write_metrics(out, metrics)
+    return metrics
