@@ -7,8 +7,8 @@ cost about K times more, at a near-zero lr for its whole short run (SPEC §2).
 
 Runs: ``mae`` (batch B), ``emae`` (batch B: equal batch, about K x the compute per step) and ``emae_eq``
 (batch B/K: equal compute per step). Checkpoints every budget/evals minutes are evaluated afterwards, with a
-randomly initialised encoder as the baseline, by k-NN (k=20) and a fast linear probe on frozen cls features
-of a class-balanced subset. The script then prints accuracy against wall time, the ratio "time EMAE needs
+randomly initialised encoder as the baseline (3 seeds), by k-NN (k=20) and a fast linear probe on frozen
+features (mean patch token by default) of a class-balanced subset. The script then prints accuracy against wall time, the ratio "time EMAE needs
 to reach MAE's final accuracy / MAE's time", and the prediction consistency of the final checkpoints.
 
     python benchmarks/time_to_accuracy.py --data ../shared/data/cifar10 --budget-min 20
@@ -75,7 +75,7 @@ def checkpoint_minutes(root: Path, name: str, step: int) -> tuple[float, float]:
 def eval_phase(args: argparse.Namespace, root: Path) -> dict:
     from frozen_eval import FrozenEval  # beside this script
 
-    evaluator = FrozenEval(Path(args.data), args.train_images, args.test_images, args.batch_eval)
+    evaluator = FrozenEval(Path(args.data), args.train_images, args.test_images, args.batch_eval, pool=args.pool)
     results: dict = {"random": evaluator.random_baseline(run_config("mae", args, root / "mae"), seeds=args.seeds)}
     print(f"random init: {results['random']}", flush=True)
     for name in args.runs:
@@ -156,8 +156,9 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", type=int, default=3, help="random-init baselines (for the spread)")
-    p.add_argument("--train-images", type=int, default=10000, help="class-balanced subset for the frozen evals")
-    p.add_argument("--test-images", type=int, default=5000)
+    p.add_argument("--train-images", type=int, default=5000, help="class-balanced subset for the frozen evals")
+    p.add_argument("--test-images", type=int, default=2000)
+    p.add_argument("--pool", choices=["avg", "cls"], default="avg", help="frozen feature: mean patch token or cls")
     p.add_argument("--batch-eval", type=int, default=500)
     p.add_argument("--phase", choices=["all", "pretrain", "eval"], default="all")
     p.add_argument("--plot", default="docs/time_to_accuracy.png")

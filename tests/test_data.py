@@ -87,3 +87,15 @@ def test_embedded_digits_are_real_images():
     src = EmbeddedDigits(32)
     assert len(src) == 1797 and src.images[0].size == (32, 32) and sorted(set(src.labels)) == list(range(10))
     assert np.asarray(src.images[0]).std() > 20
+
+
+def test_randaugment_posterize_with_zero_bits():
+    """timm's PosterizeIncreasing at magnitude 10 asks for 0 bits, which Pillow 13 rejects."""
+    from timm.data import auto_augment
+
+    from emae.data.compat import patch_timm_posterize
+
+    patch_timm_posterize()
+    img = Image.new("RGB", (8, 8), (200, 100, 50))
+    op = auto_augment.AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=10)
+    assert np.asarray(op(img)).max() == 0

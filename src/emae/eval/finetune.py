@@ -24,6 +24,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from tqdm import tqdm
 
+from ..data.compat import patch_timm_posterize
 from ..engine.checkpoint import save_atomic
 from ..engine.log import JsonlLog
 from ..engine.trainer import autocast, resolve_device, seed_everything
@@ -103,6 +104,7 @@ def finetune(loaded: Loaded, train_src, val_src, out: Path, opts: EvalOptions, f
         raise ConfigError(f"--batch-size {opts.batch_size} must be even for mixup / cutmix")
     start = time.perf_counter()
 
+    patch_timm_posterize()
     train_tf = create_transform(size, is_training=True, auto_augment=ft.aa or None, interpolation="bicubic",
                                 re_prob=ft.reprob, re_mode="pixel", re_count=1, mean=mean, std=std)
     train_loader = loader(train_src, train_tf, opts.batch_size, opts.workers, shuffle=True, drop_last=True,
