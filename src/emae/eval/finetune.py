@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from timm.data import Mixup, create_transform
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
@@ -33,7 +32,7 @@ from ..interop.load import CLASSIFIER_FORMAT, Loaded
 from .backbone import build_vit
 from .common import EvalOptions, eval_tf, image_size, norm_stats, warmup_cosine_scheduler, write_metrics
 from .data import loader
-from .knn import topk_accuracy
+from .knn import classification_metrics
 
 
 @dataclass
@@ -87,9 +86,7 @@ def evaluate(model: nn.Module, val_loader, device: torch.device, precision: str)
         with autocast(device, precision):
             logits.append(model(imgs.to(device)).float().cpu())
         labels.append(y)
-    logits, labels = torch.cat(logits), torch.cat(labels)
-    top1, top5 = topk_accuracy(logits, labels)
-    return {"top1": top1, "top5": top5, "loss": F.cross_entropy(logits, labels).item()}
+    return classification_metrics(torch.cat(logits), torch.cat(labels))
 
 
 def finetune(loaded: Loaded, train_src, val_src, out: Path, opts: EvalOptions, ft: FinetuneOptions) -> dict:

@@ -28,6 +28,12 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...
     return [100.0 * hit[:, : min(k, scores.shape[1])].any(dim=1).float().mean().item() for k in ks]
 
 
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Top-1, top-5 (percent) and cross-entropy of class scores."""
+    top1, top5 = topk_accuracy(logits, labels)
+    return {"top1": top1, "top5": top5, "loss": F.cross_entropy(logits, labels).item()}
+
+
 def knn_eval(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
              test_labels: torch.Tensor, num_classes: int, ks: tuple[int, ...] = (20, 200),
              temperature: float = 0.07) -> dict[str, dict[str, float]]:

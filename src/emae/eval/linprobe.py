@@ -32,7 +32,7 @@ from ..interop.load import Loaded
 from .backbone import FrozenEncoder, frozen_encoder
 from .common import EvalOptions, frozen_features, image_size, norm_stats, warmup_cosine_scheduler, write_metrics
 from .data import loader
-from .knn import topk_accuracy
+from .knn import classification_metrics
 
 
 @dataclass
@@ -80,9 +80,7 @@ def lars(head: nn.Module, lr: float, weight_decay: float = 0.0, momentum: float 
 @torch.no_grad()
 def evaluate_head(head: nn.Module, feats: torch.Tensor, labels: torch.Tensor, batch: int = 4096) -> dict:
     head.eval()
-    logits = torch.cat([head(feats[i:i + batch]) for i in range(0, feats.shape[0], batch)])
-    top1, top5 = topk_accuracy(logits, labels)
-    return {"top1": top1, "top5": top5, "loss": F.cross_entropy(logits, labels).item()}
+    return classification_metrics(torch.cat([head(feats[i:i + batch]) for i in range(0, feats.shape[0], batch)]), labels)
 
 
 def linear_probe(loaded: Loaded, train_src, val_src, out: Path, opts: EvalOptions, probe: ProbeOptions) -> dict:
