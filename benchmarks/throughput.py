@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 
 import emae
+from emae.config import TrainConfig
+from emae.engine.optim import build_optimizer
 from emae.interop.huggingface import to_hf
 
 CONFIGS: dict[str, tuple[list[str], int, int]] = {  # name: (emae overrides, batch, default timed steps)
@@ -50,8 +52,20 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def build(name: str, device: torch.device, impls: tuple[str, ...] = IMPLS) -> tuple[dict[str, Callable], int, int]:
-    """One training-step closure per implementation (same weights, same optimiser settings), batch, patches."""
+def optimizer(impl: str, net: torch.nn.Module, same: bool) -> torch.optim.Optimizer:
+    """emae's own optimiser (what ``emae pretrain`` runs: AdamW with the fused kernel, no decay on 1-D params
+    and tokens) against the torch default AdamW that a transformers or official-MAE training loop gets.
+    ``same``: the torch default for both, so the ratio compares the models alone."""
+    if impl == "emae" and not same:
+        cfg = TrainConfig(lr=1.5e-4, weight_decay=0.05, betas=[0.9, 0.95])
+        return build_optimizer(net, cfg, cfg.lr)
+    params = [p for p in net.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05)
+
+
+def build(name: str, device: torch.device, impls: tuple[str, ...] = IMPLS, same_optimizer: bool = False
+          ) -> tuple[dict[str, Callable], int, int]:
+    """One training-step closure per implementation (same weights and optimiser settings), batch, patches."""
     overrides, batch, _ = CONFIGS[name]
     torch.manual_seed(0)
     model = emae.build_model(emae.load_config(None, overrides)).to(device)
@@ -60,8 +74,7 @@ def build(name: str, device: torch.device, impls: tuple[str, ...] = IMPLS) -> tu
     steps: dict[str, Callable] = {}
     for impl in impls:
         net = models[impl].train()
-        params = [p for p in net.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05)
+        opt = optimizer(impl, net, same_optimizer)
 
         def step(imgs, noise, net=net, opt=opt, impl=impl) -> float:
             out = net(imgs, noise=noise) if impl == "emae" else net(pixel_values=imgs, noise=noise)
@@ -84,8 +97,9 @@ def image_size(name: str) -> tuple[int, int]:
     return emae.load_config(None, CONFIGS[name][0]).model.image_size
 
 
-def time_config(name: str, device: torch.device, steps: int, warmup: int) -> dict[str, list[float]]:
-    fns, batch, patches = build(name, device)
+def time_config(name: str, device: torch.device, steps: int, warmup: int, same_optimizer: bool
+                ) -> dict[str, list[float]]:
+    fns, batch, patches = build(name, device, same_optimizer=same_optimizer)
     size = image_size(name)
     g = torch.Generator().manual_seed(0)
     times: dict[str, list[float]] = {impl: [] for impl in IMPLS}
@@ -115,9 +129,9 @@ def rss_peak_kib() -> int:
     raise OSError("no VmHWM")
 
 
-def probe_memory(name: str, impl: str, device: torch.device, steps: int = 2) -> dict:
+def probe_memory(name: str, impl: str, device: torch.device, same_optimizer: bool, steps: int = 2) -> dict:
     """Peak memory of ``steps`` training steps of one implementation, in this (fresh) process."""
-    fns, batch, patches = build(name, device, (impl,))
+    fns, batch, patches = build(name, device, (impl,), same_optimizer)
     imgs, noise = inputs(batch, patches, image_size(name), device, torch.Generator().manual_seed(0))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -133,8 +147,9 @@ def probe_memory(name: str, impl: str, device: torch.device, steps: int = 2) -> 
     return {"kind": "peak RSS", "peak_mib": rss_peak_kib() / 1024, "base_mib": base / 1024}
 
 
-def memory(name: str, impl: str, device: str) -> dict | None:
+def memory(name: str, impl: str, device: str, same_optimizer: bool) -> dict | None:
     cmd = [sys.executable, __file__, "--probe-memory", impl, "--configs", name, "--device", device]
+    cmd += ["--same-optimizer"] if same_optimizer else []
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=900).stdout
         return json.loads(out.strip().splitlines()[-1])
@@ -152,25 +167,28 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, help="timed steps per implementation (default: 10 tiny, 5 base)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps per implementation (default 2)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--same-optimizer", action="store_true",
+                    help="torch's default AdamW for both (compares the models alone); default: each its own")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
     ap.add_argument("--probe-memory", choices=IMPLS, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     device = torch.device(args.device)
 
     if args.probe_memory:
-        print(json.dumps(probe_memory(args.configs[0], args.probe_memory, device)))
+        print(json.dumps(probe_memory(args.configs[0], args.probe_memory, device, args.same_optimizer)))
         return
 
     import transformers
 
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, emae {emae.__version__}; "
           f"device {device}, {torch.get_num_threads()} threads; fp32; {args.warmup} warm-up + "
-          f"{args.steps or 'default'} timed steps each, alternating")
+          f"{args.steps or 'default'} timed steps each, alternating; optimiser: "
+          f"{'torch default AdamW for both' if args.same_optimizer else 'each its own (emae: fused AdamW)'}")
     ratios = {}
     for name in args.configs:
         _, batch, default_steps = CONFIGS[name]
         print(f"\n{name} (batch {batch})", flush=True)
-        times = time_config(name, device, args.steps or default_steps, args.warmup)
+        times = time_config(name, device, args.steps or default_steps, args.warmup, args.same_optimizer)
         for impl in IMPLS:
             med, best = statistics.median(times[impl]), min(times[impl])
             print(f"  {impl:<12} {batch / med:8.2f} img/s (median step {med * 1e3:7.0f} ms)  "
@@ -182,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
               f"range {min(paired):.2f}-{max(paired):.2f})")
         if not args.no_memory:
             for impl in IMPLS:
-                m = memory(name, impl, args.device)
+                m = memory(name, impl, args.device, args.same_optimizer)
                 if m:
                     print(f"  {impl:<12} {m['kind']} {m['peak_mib']:8.0f} MiB "
                           f"(+{m['peak_mib'] - m['base_mib']:.0f} MiB over the built model)")

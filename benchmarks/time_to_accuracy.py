@@ -49,9 +49,10 @@ def calibrate(name: str, args: argparse.Namespace, root: Path) -> float:
 
 
 def pretrain_phase(args: argparse.Namespace, root: Path) -> None:
-    rates = {name: calibrate(name, args, root) for name in args.runs}
+    known = json.loads(Path(args.rates).read_text()) if args.rates else {}
+    rates = {name: known[name] if name in known else calibrate(name, args, root) for name in args.runs}
     root.mkdir(parents=True, exist_ok=True)
-    (root / "rates.json").write_text(json.dumps(rates))
+    (root / "rates.json").write_text(json.dumps({**known, **rates}))
     for name in args.runs:
         steps = max(args.evals, int(args.budget_min * 60 * rates[name]))
         cfg = run_config(name, args, root / name, max_steps=steps, log_every=5,
@@ -160,6 +161,7 @@ def main() -> None:
     p.add_argument("--test-images", type=int, default=2000)
     p.add_argument("--pool", choices=["avg", "cls"], default="avg", help="frozen feature: mean patch token or cls")
     p.add_argument("--batch-eval", type=int, default=500)
+    p.add_argument("--rates", help="rates.json of an earlier run: reuse its step rates (same step counts, e.g. for ablations)")
     p.add_argument("--phase", choices=["all", "pretrain", "eval"], default="all")
     p.add_argument("--plot", default="docs/time_to_accuracy.png")
     p.add_argument("override", nargs="*", help="extra config overrides for every run, e.g. consistency.weight=0.5")

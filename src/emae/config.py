@@ -68,6 +68,7 @@ class DataConfig:
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     num_workers: int = 2
+    cache: bool = False  # decode every image once into memory before training (small images: CIFAR is 150 MB)
     strict: bool = False  # a corrupt or unreadable file stops the run instead of being skipped
 
 

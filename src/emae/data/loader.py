@@ -6,6 +6,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ..config import Config
+from .cache import DecodedCache
 from .embedded import EmbeddedDigits
 from .folder import ImageFiles, TransformedImages
 from .transforms import pretrain_transform
@@ -55,7 +56,8 @@ def image_source(cfg: Config):
     """The images named by ``data.path``, or the embedded digits when it is None."""
     if cfg.data.path is None:
         return EmbeddedDigits(max(cfg.model.image_size), cfg.model.in_chans)
-    return ImageFiles(cfg.data.path, cfg.model.in_chans, cfg.data.strict)
+    files = ImageFiles(cfg.data.path, cfg.model.in_chans, cfg.data.strict)
+    return DecodedCache(files) if cfg.data.cache else files
 
 
 def pretrain_loader(cfg: Config, source, rank: int = 0, world_size: int = 1, pin_memory: bool = False) -> DataLoader:

@@ -1,0 +1,95 @@
+"""Data pipeline against the training step: is the loader ever the bottleneck?
+
+In one run: the pre-training loader on its own (JPEG decode + RandomResizedCrop + flip + normalise, with the
+recipe's worker count), with and without the decoded-image cache (``data.cache=true``), and the training
+step on its own (synthetic batch of the same shape, forward + backward + fused AdamW). Prints img/s and the
+ratio loader / step; the goal is >= 3.
+
+    python benchmarks/loader.py [--data ../shared/data/cifar10/train] [--config mae_vit_tiny_p4_cifar10]
+                                [--workers 2] [--batches 40] [--steps 6] [key=value ...]
+
+On a machine with as many cores as this one (2), the loader's workers and the training step share the cores
+in a real run; both are measured alone here, which is the standard loader benchmark. ``emae pretrain
+--benchmark N`` reports the other side: the share of step time the real loop spends waiting for data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from emae.config import load_config
+from emae.data import image_source, pretrain_loader
+from emae.engine.optim import build_optimizer, effective_lr
+from emae.models import build_model
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "train"
+
+
+def loader_rate(cfg, batches: int) -> tuple[float, float]:
+    """(img/s over ``batches`` batches after the first, seconds to build the source)."""
+    t0 = time.perf_counter()
+    source = image_source(cfg)
+    build = time.perf_counter() - t0
+    loader = pretrain_loader(cfg, source)
+    loader.sampler.set_epoch(0)
+    it = iter(loader)
+    next(it)  # worker start-up is not throughput
+    t = time.perf_counter()
+    n = 0
+    for _ in range(batches):
+        imgs, _, _ = next(it)
+        n += imgs.shape[0]
+    return n / (time.perf_counter() - t), build
+
+
+def step_rate(cfg, steps: int) -> float:
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    opt = build_optimizer(model, cfg.train, effective_lr(cfg.train))
+    imgs = torch.randn(cfg.train.batch_size, cfg.model.in_chans, *cfg.model.image_size)
+    times = []
+    for i in range(steps + 2):
+        t = time.perf_counter()
+        model(imgs).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i >= 2:
+            times.append(time.perf_counter() - t)
+    return cfg.train.batch_size / statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--config", default="mae_vit_tiny_p4_cifar10")
+    ap.add_argument("--workers", type=int, help="loader processes (default: the recipe's data.num_workers)")
+    ap.add_argument("--batches", type=int, default=40, help="timed loader batches per setting")
+    ap.add_argument("--steps", type=int, default=6, help="timed training steps")
+    ap.add_argument("override", nargs="*")
+    args = ap.parse_args(argv)
+    overrides = list(args.override) + ([f"data.num_workers={args.workers}"] if args.workers is not None else [])
+    cfg = load_config(args.config, overrides, **{"data.path": args.data})
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.config}: batch "
+          f"{cfg.train.batch_size}, {cfg.model.image_size[0]}x{cfg.model.image_size[1]} px, "
+          f"{cfg.data.num_workers} workers; data {args.data}", flush=True)
+    step = step_rate(cfg, args.steps)
+    print(f"training step alone:       {step:9.1f} img/s", flush=True)
+    results = {}
+    for cache in (False, True):
+        cfg.data.cache = cache
+        rate, build = loader_rate(cfg, args.batches)
+        results[cache] = rate
+        label = "loader, decoded cache" if cache else "loader, JPEG decode"
+        extra = f" (cache built in {build:.1f} s)" if cache else ""
+        print(f"{label + ':':26} {rate:9.1f} img/s  ratio loader / step {rate / step:5.2f}{extra}", flush=True)
+    print(f"\nratio loader/step {results[False] / step:.2f} (cache {results[True] / step:.2f})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
