@@ -87,3 +87,39 @@ def test_tiny_flops_are_what_the_formula_says():
     expected = (2 * 16 * p2c * d + 2 * block(enc_tokens, d) + 2 * enc_tokens * d * dd + block(dec_tokens, dd)
                 + 2 * dec_tokens * dd * p2c)
     assert TINY and vit_mae_forward_flops(cfg) == expected
+
+
+def test_benchmark_runs_the_real_loop_and_keeps_nothing(tmp_path, monkeypatch, capsys):
+    import json
+
+    from emae.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    write_images(tmp_path / "imgs", 12, size=20)
+    argv = ["pretrain", "--benchmark", "3", "--benchmark-warmup", "1", "--no-progress", "--data",
+            str(tmp_path / "imgs"), *TINY, "train.batch_size=4", "data.num_workers=0"]
+    assert main(argv) == 0
+    line, js = capsys.readouterr().out.strip().splitlines()[-2:]
+    report = json.loads(js)
+    assert line.startswith("benchmark: 3 steps") and report["steps"] == 3
+    assert report["img_per_s"] > 0 and 0 <= report["data_wait_share"] < 1 and report["peak_rss_mib"] > 0
+    assert report["train_gflops_per_image"] == pytest.approx(3 * vit_mae_forward_flops(tiny_config()) / 1e9)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs"]  # no run folder written
+
+
+@pytest.mark.slow
+def test_compiled_step_matches_eager(tmp_path):
+    """train.compile=true runs the same model: the first step's loss and the checkpoint keys agree with eager."""
+    from emae.engine import load_checkpoint, pretrain, read_log
+
+    write_images(tmp_path / "imgs", 8, size=20)
+    losses, keys = {}, {}
+    for flag in ("false", "true"):
+        cfg = tiny_config(f"data.path={tmp_path / 'imgs'}", f"output_dir={tmp_path / flag}", f"train.compile={flag}",
+                          "train.batch_size=4", "train.max_steps=2", "train.log_every=1", "data.num_workers=0",
+                          "train.num_vis=0")
+        result = pretrain(cfg, progress=False)
+        losses[flag] = [r["loss"] for r in read_log(tmp_path / flag / "log.jsonl") if r["type"] == "train"]
+        keys[flag] = sorted(load_checkpoint(result.checkpoint)["model"])
+    assert keys["true"] == keys["false"]
+    assert losses["true"] == pytest.approx(losses["false"], rel=1e-4)

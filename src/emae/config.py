@@ -93,6 +93,8 @@ class TrainConfig:
     stop_after_steps: int | None = None  # stop (with a checkpoint) after this many optimiser steps; schedule unchanged
     log_every: int = 10  # optimiser steps between log lines
     num_vis: int = 8  # images in the reconstruction picture
+    compile: bool = False  # torch.compile the model's training forward (pays off on GPUs, not on CPUs)
+    tf32: bool = True  # TF32 matmuls for fp32 work on CUDA (Ampere and newer); no effect on CPU
 
 
 @dataclass

@@ -26,6 +26,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init", metavar="PATH", help="start from these weights (emae, official MAE full or encoder-only "
                    ".pth, timm, safetensors, Hugging Face); fresh optimiser and schedule")
     p.add_argument("--method", choices=["mae", "emae"], help="mae (default), or emae (sets mask.type=parallel)")
+    p.add_argument("--benchmark", type=int, metavar="N",
+                   help="time N steps of the real loop after a short warm-up (nothing is kept): img/s, step-time "
+                        "percentiles, data-wait share, peak memory, TFLOP/s and, on a known GPU, MFU")
+    p.add_argument("--benchmark-warmup", type=int, default=5, metavar="W", help="untimed steps before --benchmark's N (5)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (the JSON-lines log is still written)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=5")
     p.set_defaults(run=run)
@@ -43,7 +47,34 @@ def run(args: argparse.Namespace) -> int:
         cfg = config_from_dict(base, flags, args.overrides)
     else:
         cfg = load_config(args.config, args.overrides, **flags)
+    if args.benchmark is not None:
+        return benchmark(cfg, args)
     result = pretrain(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress, init=args.init)
     print(f"done: {result.global_step} steps, loss {result.loss:.4f}; checkpoint {result.checkpoint}; "
           f"log {result.output_dir / 'log.jsonl'}; picture {result.output_dir / 'reconstruction.png'}")
+    return 0
+
+
+def benchmark(cfg, args: argparse.Namespace) -> int:
+    """Run the real loop for warm-up + N steps in a throw-away folder and print the timing report."""
+    import json
+    import tempfile
+
+    from ..engine.perf import StepTimer, format_report
+    from ..errors import ConfigError
+
+    if args.benchmark < 1 or args.benchmark_warmup < 0:
+        raise ConfigError(f"--benchmark {args.benchmark} / --benchmark-warmup {args.benchmark_warmup}: "
+                          "need N >= 1 timed steps and W >= 0 warm-up steps")
+    if args.resume:
+        raise ConfigError("--benchmark starts from fresh weights; drop --resume")
+    t = cfg.train
+    t.max_steps = args.benchmark + args.benchmark_warmup
+    t.save_every, t.save_every_steps, t.stop_after_steps, t.num_vis = 10**9, 0, None, 0
+    timer = StepTimer(warmup=args.benchmark_warmup)
+    with tempfile.TemporaryDirectory(prefix="emae-benchmark-") as tmp:
+        cfg.output_dir = tmp
+        result = pretrain(cfg, progress=not args.no_progress, init=args.init, timer=timer)
+    print(format_report(result.benchmark))
+    print(json.dumps(result.benchmark))
     return 0

@@ -38,6 +38,7 @@ from .checkpoint import (
 )
 from .log import JsonlLog
 from .optim import build_optimizer, build_scheduler, effective_lr
+from .perf import StepTimer, configure_backends, maybe_compile
 
 RUN_FILES = ("log.jsonl", "config.yaml", "reconstruction.png")
 
@@ -48,6 +49,7 @@ class RunResult:
     checkpoint: Path
     global_step: int
     loss: float
+    benchmark: dict | None = None  # --benchmark: img/s, step times, data wait, memory, TFLOP/s, MFU
 
 
 def resolve_device(name: str) -> torch.device:
@@ -104,12 +106,31 @@ def vis_batch(cfg: Config, source, device: torch.device) -> torch.Tensor | None:
     return torch.stack([tf(source.fetch(int(i))[0]) for i in picks]).to(device)
 
 
+def timed_batches(loader, timer: StepTimer | None):
+    """The loader's batches; with a timer, the time spent waiting for each is charged to the current step."""
+    if timer is None:
+        yield from loader
+        return
+    it = iter(loader)
+    while True:
+        start = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        timer.waited(time.perf_counter() - start)
+        yield batch
+
+
 def pretrain(cfg: Config, resume: str | None = None, overwrite: bool = False, progress: bool = True,
-             init: str | None = None) -> RunResult:
+             init: str | None = None, timer: StepTimer | None = None) -> RunResult:
     t = cfg.train
     out, resume_path, stale = prepare_output_dir(cfg, resume, overwrite)
     cfg.output_dir = str(out)
     device = resolve_device(t.device)
+    configure_backends(device, t.tf32)
+    if timer is not None:
+        timer.device = device
     seed_everything(t.seed)
 
     # data
@@ -126,6 +147,7 @@ def pretrain(cfg: Config, resume: str | None = None, overwrite: bool = False, pr
 
     # model, optimiser, schedule
     model = build_model(cfg).to(device)
+    forward = maybe_compile(model, t.compile)  # checkpoints keep using ``model``
     lr = effective_lr(t)
     opt = build_optimizer(model, t, lr)
     total_steps = t.max_steps or t.epochs * steps_per_epoch
@@ -172,17 +194,19 @@ def pretrain(cfg: Config, resume: str | None = None, overwrite: bool = False, pr
 
     bar = tqdm(total=total_steps, initial=global_step, unit="step", disable=not progress, dynamic_ncols=True)
     model.train()
+    if timer is not None:
+        timer.begin()
     last_ckpt, last_loss, stopped = None, float("nan"), False
     while global_step < total_steps and not stopped:
         sampler.set_epoch(epoch, batch_in_epoch)
         skipped: dict[str, None] = {}  # unique unreadable files met this epoch, in order
         window: dict[str, torch.Tensor] = {}  # summed loss terms since the last log line
         window_steps, window_imgs, window_start = 0, 0, time.perf_counter()
-        for imgs, _, bad in loader:
+        for imgs, _, bad in timed_batches(loader, timer):
             skipped.update(dict.fromkeys(bad))
             imgs = imgs.to(device, non_blocking=True)
             with autocast(device, t.precision):
-                step_out = model(imgs, generator=mask_gen)
+                step_out = forward(imgs, generator=mask_gen)
             scaler.scale(step_out.loss / t.accum_iter).backward()
             for name, value in step_out.terms.items():
                 window[name] = window.get(name, 0) + value.detach().float() / t.accum_iter
@@ -196,6 +220,8 @@ def pretrain(cfg: Config, resume: str | None = None, overwrite: bool = False, pr
             sched.step()
             global_step += 1
             window_steps += 1
+            if timer is not None:
+                timer.end(imgs.shape[0] * t.accum_iter)
             bar.update(1)
             stopped = t.stop_after_steps is not None and global_step >= t.stop_after_steps
             done = global_step >= total_steps
@@ -212,6 +238,8 @@ def pretrain(cfg: Config, resume: str | None = None, overwrite: bool = False, pr
                 break
             if t.save_every_steps and global_step % t.save_every_steps == 0:
                 last_ckpt = save()
+            if timer is not None:
+                timer.begin()
         if skipped:
             first = list(skipped)[:10]
             bar.write(f"warning: epoch {epoch}: skipped {len(skipped)} unreadable files, first: {', '.join(first[:3])}")
@@ -231,5 +259,9 @@ def pretrain(cfg: Config, resume: str | None = None, overwrite: bool = False, pr
         scale = max(1, 128 // max(cfg.model.image_size))
         save_reconstruction(out / "reconstruction.png", model, imgs, cfg.data.mean, cfg.data.std, seed=t.seed,
                             scale=scale)
+    report = None
+    if timer is not None:
+        report = timer.report(cfg, model, torch.zeros(2, cfg.model.in_chans, *cfg.model.image_size, device=device))
+        log.write(type="benchmark", **report)
     log.write(type="end", global_step=global_step, epoch=epoch, checkpoint=str(last_ckpt), loss=last_loss)
-    return RunResult(out, last_ckpt, global_step, last_loss)
+    return RunResult(out, last_ckpt, global_step, last_loss, report)

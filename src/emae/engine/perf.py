@@ -1,0 +1,105 @@
+"""Speed options and the ``--benchmark`` report: backend flags, ``torch.compile``, step timing and MFU."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..config import Config
+from .flops import peak_tflops, train_flops_per_image
+
+
+def configure_backends(device: torch.device, tf32: bool) -> None:
+    """TF32 matmuls and convolutions on CUDA (Ampere and newer); nothing changes on CPU."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cudnn.benchmark = True
+
+
+def maybe_compile(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
+    """The module to call for the training forward: ``torch.compile``d when ``enabled``. Checkpoints keep
+    using the original module, so their keys never carry compile's ``_orig_mod.`` prefix."""
+    return torch.compile(model) if enabled else model
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class StepTimer:
+    """Times each optimiser step of the real loop and the part of it spent waiting for the loader."""
+
+    warmup: int = 5  # untimed first steps (compilation, allocator and worker start-up)
+    device: torch.device = torch.device("cpu")  # set by the trainer
+    step_times: list[float] = field(default_factory=list)
+    wait_times: list[float] = field(default_factory=list)
+    images: int = 0
+    _start: float = 0.0
+    _wait: float = 0.0
+    _seen: int = 0
+
+    def begin(self) -> None:
+        sync(self.device)
+        self._start = time.perf_counter()
+        self._wait = 0.0
+
+    def waited(self, seconds: float) -> None:
+        self._wait += seconds
+
+    def end(self, images: int) -> None:
+        sync(self.device)
+        self._seen += 1
+        if self._seen > self.warmup:
+            self.step_times.append(time.perf_counter() - self._start)
+            self.wait_times.append(self._wait)
+            self.images += images
+
+    def report(self, cfg: Config, model: torch.nn.Module, sample: torch.Tensor) -> dict:
+        """img/s, step-time percentiles, data-wait share, peak memory, model TFLOP/s and MFU."""
+        if not self.step_times:
+            return {"steps": 0}
+        times = sorted(self.step_times)
+        pct = lambda q: times[min(len(times) - 1, int(q * (len(times) - 1) + 0.5))]  # noqa: E731
+        total = sum(times)
+        img_s = self.images / total
+        flops = train_flops_per_image(cfg, model, sample)
+        out = {
+            "steps": len(times), "img_per_s": img_s, "step_ms_p50": pct(0.5) * 1e3, "step_ms_p90": pct(0.9) * 1e3,
+            "step_ms_max": times[-1] * 1e3, "data_wait_share": sum(self.wait_times) / total,
+            "train_gflops_per_image": flops / 1e9, "tflops": flops * img_s / 1e12,
+        }
+        if self.device.type == "cuda":
+            out["peak_memory_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            out["peak_rss_mib"] = peak_rss_mib()
+        peak = peak_tflops(self.device, cfg.train.precision)
+        if peak:
+            out["device_peak_tflops"] = peak
+            out["mfu"] = out["tflops"] / peak
+        return out
+
+
+def peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def format_report(r: dict) -> str:
+    if not r.get("steps"):
+        return "benchmark: no timed steps (raise N above the warm-up steps)"
+    mem = (f"peak memory {r['peak_memory_mib']:.0f} MiB" if "peak_memory_mib" in r
+           else f"peak RSS {r['peak_rss_mib']:.0f} MiB")
+    mfu = f", MFU {100 * r['mfu']:.1f}% of {r['device_peak_tflops']:.0f}" if "mfu" in r else ""
+    return (f"benchmark: {r['steps']} steps, {r['img_per_s']:.1f} img/s, step p50 {r['step_ms_p50']:.1f} ms "
+            f"p90 {r['step_ms_p90']:.1f} ms max {r['step_ms_max']:.1f} ms, data wait "
+            f"{100 * r['data_wait_share']:.1f}%, {mem}, {r['train_gflops_per_image']:.2f} GFLOP/image, "
+            f"{r['tflops']:.3f} TFLOP/s{mfu}")
+
+
+__all__ = ["StepTimer", "configure_backends", "format_report", "maybe_compile"]
