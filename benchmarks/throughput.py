@@ -28,6 +28,7 @@ import torch
 import emae
 from emae.config import TrainConfig
 from emae.engine.optim import build_optimizer
+from emae.engine.perf import sync
 from emae.interop.huggingface import to_hf
 
 CONFIGS: dict[str, tuple[list[str], int, int]] = {  # name: (emae overrides, batch, default timed steps)
@@ -45,11 +46,6 @@ CONFIGS: dict[str, tuple[list[str], int, int]] = {  # name: (emae overrides, bat
     ),
 }
 IMPLS = ("emae", "transformers")
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def optimizer(impl: str, net: torch.nn.Module, same: bool) -> torch.optim.Optimizer:

@@ -123,3 +123,17 @@ def test_compiled_step_matches_eager(tmp_path):
         keys[flag] = sorted(load_checkpoint(result.checkpoint)["model"])
     assert keys["true"] == keys["false"]
     assert losses["true"] == pytest.approx(losses["false"], rel=1e-4)
+
+
+@pytest.mark.parametrize("name,precision,tf32,peak", [
+    ("NVIDIA H100 PCIe", "bf16", False, 756.0), ("NVIDIA H100 80GB HBM3", "bf16", False, 989.0),
+    ("NVIDIA H100 80GB HBM3", "fp32", True, 494.0), ("NVIDIA H100 80GB HBM3", "fp32", False, 67.0),
+    ("Tesla V100-SXM2-16GB", "bf16", False, None), ("Some Future GPU", "bf16", False, None),
+])
+def test_device_peak_lookup(monkeypatch, name, precision, tf32, peak):
+    from emae.engine.flops import peak_tflops
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", tf32)
+    assert peak_tflops(torch.device("cuda"), precision) == peak
+    assert peak_tflops(torch.device("cpu"), precision) is None

@@ -12,7 +12,6 @@ class DecodedCache:
     front. ``fetch`` then returns exactly what the source returned, so runs are identical with and without it."""
 
     def __init__(self, source) -> None:
-        self.source = source
         self.root = getattr(source, "root", "")
         self.paths = getattr(source, "paths", None)
         self.labels = getattr(source, "labels", None)
@@ -24,10 +23,6 @@ class DecodedCache:
 
     def __len__(self) -> int:
         return len(self._items)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a, *_ in self._items)
 
     def fetch(self, index: int) -> tuple[Image.Image, int, list[str]]:
         pixels, mode, label, skipped = self._items[index]

@@ -65,28 +65,28 @@ def train_flops_per_image(cfg: Config, model: torch.nn.Module | None = None, img
     return 3.0 * counted_forward_flops(model, imgs)
 
 
-# Dense peak TFLOP/s (no sparsity) by device-name substring, per precision, from the vendors' data sheets.
-PEAK_TFLOPS: dict[str, dict[str, float]] = {
-    "H200": {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0, "tf32": 494.0},
-    "H100": {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0, "tf32": 494.0},  # SXM; PCIe is lower (756)
-    "A100": {"bf16": 312.0, "fp16": 312.0, "fp32": 19.5, "tf32": 156.0},
-    "L40S": {"bf16": 362.0, "fp16": 362.0, "fp32": 91.6, "tf32": 183.0},
-    "A10": {"bf16": 125.0, "fp16": 125.0, "fp32": 31.2, "tf32": 62.5},
-    "L4": {"bf16": 121.0, "fp16": 121.0, "fp32": 30.3, "tf32": 60.0},
-    "V100": {"bf16": 0.0, "fp16": 125.0, "fp32": 15.7, "tf32": 0.0},
-}
+# Dense peak TFLOP/s (no sparsity) per precision, from the vendors' data sheets. The first entry whose words
+# all appear in the device name wins, so the PCIe H100 comes before the SXM one.
+PEAK_TFLOPS: list[tuple[tuple[str, ...], dict[str, float]]] = [
+    (("H100", "PCIe"), {"bf16": 756.0, "fp16": 756.0, "fp32": 51.0, "tf32": 378.0}),
+    (("H200",), {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0, "tf32": 494.0}),
+    (("H100",), {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0, "tf32": 494.0}),
+    (("A100",), {"bf16": 312.0, "fp16": 312.0, "fp32": 19.5, "tf32": 156.0}),
+    (("L40S",), {"bf16": 362.0, "fp16": 362.0, "fp32": 91.6, "tf32": 183.0}),
+    (("A10",), {"bf16": 125.0, "fp16": 125.0, "fp32": 31.2, "tf32": 62.5}),
+    (("L4",), {"bf16": 121.0, "fp16": 121.0, "fp32": 30.3, "tf32": 60.0}),
+    (("V100",), {"fp16": 125.0, "fp32": 15.7}),
+]
 
 
 def peak_tflops(device: torch.device, precision: str) -> float | None:
-    """The device's dense peak for ``precision`` (fp32 on Ampere+ counts TF32 when it is enabled); None if unknown."""
+    """The device's dense peak for ``precision`` (fp32 counts TF32 when it is enabled); None if unknown."""
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
     if precision == "fp32" and torch.backends.cuda.matmul.allow_tf32:
         precision = "tf32"
-    if "H100" in name and "PCIe" in name:
-        return {"bf16": 756.0, "fp16": 756.0, "fp32": 51.0, "tf32": 378.0}[precision]
-    for key, table in PEAK_TFLOPS.items():
-        if key in name:
-            return table.get(precision) or None
+    for words, table in PEAK_TFLOPS:
+        if all(w in name for w in words):
+            return table.get(precision)
     return None
