@@ -2,8 +2,9 @@
 
 In one run: the pre-training loader on its own (JPEG decode + RandomResizedCrop + flip + normalise, with the
 recipe's worker count), with and without the decoded-image cache (``data.cache=true``), and the training
-step on its own (synthetic batch of the same shape, forward + backward + fused AdamW). Prints img/s and the
-ratio loader / step; the goal is >= 3.
+step on its own (synthetic batch of the same shape, forward + backward + fused AdamW); then ``data.decode=device``:
+the workers alone (reading bytes, drawing crops) and with the batch decoded in this process on the GPU (or the
+host without one). Prints img/s and the ratio loader / step; the goal is >= 3.
 
     python benchmarks/loader.py [--data ../shared/data/cifar10/train] [--config mae_vit_tiny_p4_cifar10]
                                 [--workers 2] [--batches 40] [--steps 6] [key=value ...]
@@ -24,19 +25,20 @@ from pathlib import Path
 import torch
 
 from emae.config import load_config
-from emae.data import image_source, pretrain_loader
+from emae.data import batch_to_device, image_source, pretrain_loader
 from emae.engine.optim import build_optimizer, effective_lr
 from emae.models import build_model
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "train"
 
 
-def loader_rate(cfg, batches: int) -> tuple[float, float]:
-    """(img/s over ``batches`` batches after the first, seconds to build the source)."""
+def loader_rate(cfg, batches: int, device: torch.device | None = None) -> tuple[float, float]:
+    """(img/s over ``batches`` batches after the first, seconds to build the source). With ``device``, each batch
+    is also made ready there (``data.decode=device``: decoded in this process, as the training loop does)."""
     t0 = time.perf_counter()
     source = image_source(cfg)
     build = time.perf_counter() - t0
-    loader = pretrain_loader(cfg, source)
+    loader = pretrain_loader(cfg, source, pin_memory=device is not None and device.type == "cuda")
     loader.sampler.set_epoch(0)
     it = iter(loader)
     next(it)  # worker start-up is not throughput
@@ -44,7 +46,11 @@ def loader_rate(cfg, batches: int) -> tuple[float, float]:
     n = 0
     for _ in range(batches):
         imgs, _, _ = next(it)
-        n += imgs.shape[0]
+        if device is not None:
+            imgs, _ = batch_to_device(imgs, cfg, device)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        n += len(imgs)
     return n / (time.perf_counter() - t), build
 
 
@@ -88,7 +94,15 @@ def main(argv: list[str] | None = None) -> None:
         label = "loader, decoded cache" if cache else "loader, JPEG decode"
         extra = f" (cache built in {build:.1f} s)" if cache else ""
         print(f"{label + ':':26} {rate:9.1f} img/s  ratio loader / step {rate / step:5.2f}{extra}", flush=True)
-    print(f"\nratio loader/step {results[False] / step:.2f} (cache {results[True] / step:.2f})")
+    cfg.data.cache, cfg.data.decode = False, "device"
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    workers, _ = loader_rate(cfg, args.batches)
+    print(f"{'workers, device decode:':26} {workers:9.1f} img/s  (read bytes + draw crops only)", flush=True)
+    ready, _ = loader_rate(cfg, args.batches, device)
+    print(f"{'+ decode on ' + device.type + ':':26} {ready:9.1f} img/s  ratio loader / step {ready / step:5.2f}"
+          f"{' (decoding in the training process, on the host)' if device.type == 'cpu' else ''}", flush=True)
+    print(f"\nratio loader/step {results[False] / step:.2f} (cache {results[True] / step:.2f}, "
+          f"device decode on {device.type} {ready / step:.2f})")
 
 
 if __name__ == "__main__":

@@ -70,6 +70,7 @@ class DataConfig:
     num_workers: int = 2
     cache: bool = False  # decode every image once into memory before training (small images: CIFAR is 150 MB)
     strict: bool = False  # a corrupt or unreadable file stops the run instead of being skipped
+    decode: str = "cpu"  # cpu: workers decode and augment | device: workers read bytes, the GPU decodes (nvJPEG)
 
 
 @dataclass
@@ -309,6 +310,10 @@ def validate(cfg: Config) -> None:
     _require(len(d.std) == m.in_chans and all(s > 0 for s in d.std), "data.std", d.std,
              f"need one positive value per channel ({m.in_chans})")
     _require(d.num_workers >= 0, "data.num_workers", d.num_workers, "must be >= 0")
+    _require(d.decode in ("cpu", "device"), "data.decode", d.decode, "choose cpu or device")
+    if d.decode == "device":
+        _require(d.path is not None, "data.decode", d.decode, "device decoding reads image files: give data.path")
+        _require(not d.cache, "data.decode", d.decode, "device decoding and data.cache=true exclude each other")
     _require(m.in_chans in (1, 3, 4), "model.in_chans", m.in_chans,
              "images load as 1 (L), 3 (RGB) or 4 (RGBA) channels; other counts need tensors via the Python API")
     for key in ("epochs", "batch_size", "accum_iter", "save_every", "log_every"):

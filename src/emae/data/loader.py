@@ -7,6 +7,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from ..config import Config
 from .cache import DecodedCache
+from .device_decode import EncodedBatch, EncodedImages, collate_encoded, decode_batch
 from .embedded import EmbeddedDigits
 from .folder import ImageFiles, TransformedImages
 from .transforms import pretrain_transform
@@ -62,16 +63,27 @@ def image_source(cfg: Config):
 
 def pretrain_loader(cfg: Config, source, rank: int = 0, world_size: int = 1, pin_memory: bool = False) -> DataLoader:
     d = cfg.data
-    tf = pretrain_transform(cfg.model.image_size, d.scale, d.hflip, d.mean, d.std)
-    dataset = TransformedImages(source, tf)
+    if d.decode == "device":  # workers read bytes and draw crops; batch_to_device decodes
+        dataset, collate_fn = EncodedImages(source, cfg.model.image_size, d.scale, d.hflip), collate_encoded
+    else:
+        tf = pretrain_transform(cfg.model.image_size, d.scale, d.hflip, d.mean, d.std)
+        dataset, collate_fn = TransformedImages(source, tf), collate
     sampler = ResumableSampler(len(dataset), cfg.train.batch_size, cfg.train.seed, rank, world_size)
     return DataLoader(
         dataset,
         batch_size=cfg.train.batch_size,
         sampler=sampler,
         num_workers=d.num_workers,
-        collate_fn=collate,
+        collate_fn=collate_fn,
         pin_memory=pin_memory,
         drop_last=True,
         persistent_workers=d.num_workers > 0,
     )
+
+
+def batch_to_device(imgs, cfg: Config, device: torch.device) -> tuple[torch.Tensor, list[str]]:
+    """A loader batch as a float tensor on ``device``, and the paths that failed to decode there
+    (``data.decode=device`` only; the CPU path reports its failures with the batch)."""
+    if isinstance(imgs, EncodedBatch):
+        return decode_batch(imgs, cfg.model.image_size, cfg.data.mean, cfg.data.std, device)
+    return imgs.to(device, non_blocking=True), []

@@ -20,7 +20,7 @@ import yaml
 from tqdm import tqdm
 
 from ..config import Config
-from ..data import eval_transform, image_source, pretrain_loader
+from ..data import batch_to_device, eval_transform, image_source, pretrain_loader
 from ..errors import ConfigError, DataError
 from ..models import build_model
 from ..viz import save_reconstruction
@@ -203,8 +203,8 @@ def pretrain(cfg: Config, resume: str | None = None, overwrite: bool = False, pr
         window: dict[str, torch.Tensor] = {}  # summed loss terms since the last log line
         window_steps, window_imgs, window_start = 0, 0, time.perf_counter()
         for imgs, _, bad in timed_batches(loader, timer):
-            skipped.update(dict.fromkeys(bad))
-            imgs = imgs.to(device, non_blocking=True)
+            imgs, undecodable = batch_to_device(imgs, cfg, device)
+            skipped.update(dict.fromkeys(bad + undecodable))
             with autocast(device, t.precision):
                 step_out = forward(imgs, generator=mask_gen)
             scaler.scale(step_out.loss / t.accum_iter).backward()
