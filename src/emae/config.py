@@ -294,7 +294,7 @@ def _check_leaves(obj: Any, prefix: str = "") -> None:
             if isinstance(v, float):
                 _require(math.isfinite(v), key, value, "values must be finite numbers")
             elif isinstance(v, int) and not isinstance(v, bool):
-                _require(abs(v) <= MAX_INT, key, value, f"values must be at most {MAX_INT} in size")
+                _require(abs(v) <= MAX_INT, key, value, f"integers must lie within ±{MAX_INT}")
             elif isinstance(v, str):
                 _require("\0" not in v, key, value, "text must not contain a NUL character")
 
