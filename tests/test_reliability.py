@@ -1,6 +1,7 @@
 """Reliability in-process: the non-finite guard (injected NaN losses) and a folder of hostile image files."""
 
 import os
+import signal
 import warnings
 
 import numpy as np
@@ -13,6 +14,7 @@ from emae.cli.main import main
 from emae.data import ImageFiles
 from emae.engine import list_checkpoints, load_checkpoint, pretrain, read_log
 from emae.engine.guard import NonFiniteGuard
+from emae.engine.signals import StopSignals
 from emae.errors import TrainingError
 
 from helpers import tiny_config, write_images
@@ -151,3 +153,14 @@ def test_unreadable_permission_is_skipped(tmp_path):
     paths[1].chmod(0)
     source = ImageFiles(tmp_path)
     assert source.fetch(1)[2] == [str(paths[1])]
+
+
+def test_stop_signals_flag_then_abort_and_restore():
+    before = signal.getsignal(signal.SIGINT)
+    with StopSignals() as signals:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert signals.received == "SIGTERM"
+        os.kill(os.getpid(), signal.SIGTERM)  # a repeated SIGTERM changes nothing
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # a second stop by Ctrl-C aborts at once
+    assert signal.getsignal(signal.SIGINT) is before and signals.received == "SIGTERM"
