@@ -15,7 +15,7 @@ from emae.data import ImageFiles
 from emae.engine import list_checkpoints, load_checkpoint, pretrain, read_log
 from emae.engine.guard import NonFiniteGuard
 from emae.engine.signals import StopSignals
-from emae.errors import TrainingError
+from emae.errors import CheckpointError, TrainingError
 
 from helpers import tiny_config, write_images
 
@@ -164,3 +164,11 @@ def test_stop_signals_flag_then_abort_and_restore():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)  # a second stop by Ctrl-C aborts at once
     assert signal.getsignal(signal.SIGINT) is before and signals.received == "SIGTERM"
+
+
+def test_resume_from_another_models_checkpoint_is_one_line(folder, tmp_path):
+    common = ("train.max_steps=2", "train.batch_size=8", "train.num_vis=0")
+    pretrain(tiny_config(*common, **{"data.path": str(folder), "output_dir": str(tmp_path)}), progress=False)
+    cfg = tiny_config(*common, "model.depth=3", **{"data.path": str(folder), "output_dir": str(tmp_path)})
+    with pytest.raises(CheckpointError, match=r"checkpoint-00000002.pt cannot resume this run \(RuntimeError: "):
+        pretrain(cfg, resume="auto", progress=False)

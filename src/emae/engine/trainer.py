@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from ..config import Config
 from ..data import eval_transform, image_source, pretrain_loader
-from ..errors import ConfigError, DataError, TrainingError
+from ..errors import CheckpointError, ConfigError, DataError, TrainingError
 from ..models import build_model
 from ..viz import save_reconstruction
 from .checkpoint import (
@@ -171,12 +171,16 @@ def _pretrain(cfg: Config, resume: str | None, overwrite: bool, progress: bool, 
 
     if resume_path is not None:
         ckpt = load_checkpoint(resume_path, map_location=device)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(ckpt["rng"], mask_gen)
-        epoch, batch_in_epoch, global_step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["global_step"]
+        try:
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            sched.load_state_dict(ckpt["scheduler"])
+            scaler.load_state_dict(ckpt["scaler"])
+            set_rng_state(ckpt["rng"], mask_gen)
+            epoch, batch_in_epoch, global_step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["global_step"]
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:  # weights only, or another model's
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise CheckpointError(f"checkpoint {resume_path} cannot resume this run ({type(e).__name__}: {first})") from None
         guard.load_state_dict(ckpt.get("guard", {}))
     init_info = {}
     if init is not None and resume_path is None:  # --init: weights only (any known format), fresh optimiser
