@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -96,6 +97,7 @@ class TrainConfig:
     num_vis: int = 8  # images in the reconstruction picture
     compile: bool = False  # torch.compile the model's training forward (pays off on GPUs, not on CPUs)
     tf32: bool = True  # TF32 matmuls for fp32 work on CUDA (Ampere and newer); no effect on CPU
+    max_bad_steps: int = 20  # stop after this many consecutive steps with a non-finite loss or gradient
 
 
 @dataclass
@@ -154,7 +156,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
                 return _coerce(key, value, option)
             except ConfigError:
                 pass
-        raise ConfigError(f"{key}: {value!r} is not a {_type_name(tp)}")
+        raise ConfigError(f"{key}: {_show(value)} is not a {_type_name(tp)}")
     if tp is type(None):
         if value is None:
             return None
@@ -179,12 +181,12 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     elif tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-    raise ConfigError(f"{key}: {value!r} is not a {_type_name(tp)}")
+    raise ConfigError(f"{key}: {_show(value)} is not a {_type_name(tp)}")
 
 
 def _apply(obj: Any, data: dict, prefix: str = "") -> None:
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {_show(data)}")
     hints = typing.get_type_hints(type(obj))
     for key, value in data.items():
         full = f"{prefix}{key}"
@@ -203,7 +205,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+    except Exception:  # noqa: BLE001 - YAMLError, or ValueError/RecursionError from e.g. "2001-13-45"
         value = raw
     return key.strip(), value
 
@@ -251,8 +253,11 @@ def _merge(cfg: Config, flags: dict, overrides: list[str] | None, config_file: s
         path = resolve_recipe(config_file)
         try:
             data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        except OSError as e:
+            raise ConfigError(f"config file {path}: cannot be read ({e.strerror or type(e).__name__})") from None
+        except Exception as e:  # noqa: BLE001 - YAMLError, bad UTF-8, or ValueError/RecursionError from odd YAML
+            first = (str(e).splitlines() or [type(e).__name__])[0]
+            raise ConfigError(f"config file {path}: not valid YAML ({first})") from None
         _apply(cfg, data)
     for key, value in flags.items():
         if value is not None:
@@ -265,9 +270,34 @@ def _merge(cfg: Config, flags: dict, overrides: list[str] | None, config_file: s
 # ---------------------------------------------------------------- validation
 
 
+MAX_INT = 2**31 - 1  # no count, size or seed needs more; bigger ones overflow torch and numpy
+
+
+def _show(value: Any) -> str:
+    """``repr`` of a value, shortened so that an error stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
-        raise ConfigError(f"{key}: {value!r} is not allowed; {allowed}")
+        raise ConfigError(f"{key}: {_show(value)} is not allowed; {allowed}")
+
+
+def _check_leaves(obj: Any, prefix: str = "") -> None:
+    """Type-independent limits on every value: finite floats, ints within MAX_INT, strings without NUL."""
+    for f in dataclasses.fields(obj):
+        key, value = prefix + f.name, getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_leaves(value, key + ".")
+            continue
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, float):
+                _require(math.isfinite(v), key, value, "values must be finite numbers")
+            elif isinstance(v, int) and not isinstance(v, bool):
+                _require(abs(v) <= MAX_INT, key, value, f"integers must lie within ±{MAX_INT}")
+            elif isinstance(v, str):
+                _require("\0" not in v, key, value, "text must not contain a NUL character")
 
 
 def validate(cfg: Config) -> None:
@@ -277,6 +307,7 @@ def validate(cfg: Config) -> None:
     from .models.vit import VIT_SIZES
 
     m, k, d, t = cfg.model, cfg.mask, cfg.data, cfg.train
+    _check_leaves(cfg)
     _require(cfg.method in METHODS, "method", cfg.method, f"choose one of {list(METHODS)}")
     _require(m.arch in VIT_SIZES, "model.arch", m.arch, f"choose one of {sorted(VIT_SIZES)}")
     for key in ("embed_dim", "depth", "num_heads"):
@@ -286,6 +317,12 @@ def validate(cfg: Config) -> None:
         v = getattr(m, key)
         _require(v > 0, f"model.{key}", v, "must be a positive integer")
     _require(m.mlp_ratio > 0, "model.mlp_ratio", m.mlp_ratio, "must be positive")
+    if m.arch in VIT_SIZES:
+        width, _, heads = VIT_SIZES[m.arch]
+        width, heads = m.embed_dim or width, m.num_heads or heads
+        _require(width % heads == 0, "model.num_heads", heads, f"must divide the encoder width {width}")
+    _require(m.decoder_embed_dim % m.decoder_num_heads == 0, "model.decoder_num_heads", m.decoder_num_heads,
+             f"must divide model.decoder_embed_dim {m.decoder_embed_dim}")
     size = m.img_size
     _require(isinstance(size, int) or len(size) == 2, "model.img_size", size, "give one side or [height, width]")
     h, w = m.image_size
@@ -334,3 +371,5 @@ def validate(cfg: Config) -> None:
     _require(t.stop_after_steps is None or t.stop_after_steps > 0, "train.stop_after_steps", t.stop_after_steps,
              "must be positive or null")
     _require(t.num_vis >= 0, "train.num_vis", t.num_vis, "must be >= 0")
+    _require(0 <= t.seed, "train.seed", t.seed, f"must be in [0, {MAX_INT}]")
+    _require(t.max_bad_steps > 0, "train.max_bad_steps", t.max_bad_steps, "must be a positive integer")

@@ -15,3 +15,7 @@ class DataError(EmaeError):
 
 class CheckpointError(EmaeError):
     """A checkpoint that cannot be found, read or matched to the model."""
+
+
+class TrainingError(EmaeError):
+    """Training cannot go on (e.g. too many consecutive non-finite steps); names the step and the last good checkpoint."""

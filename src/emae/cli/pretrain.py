@@ -50,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
     if args.benchmark is not None:
         return benchmark(cfg, args)
     result = pretrain(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress, init=args.init)
+    if result.signal:  # SIGTERM / SIGINT: a clean, resumable stop
+        print(f"stopped by {result.signal} at step {result.global_step}; checkpoint {result.checkpoint}; "
+              f"continue with: emae pretrain --output {result.output_dir} --resume auto")
+        return 0
     print(f"done: {result.global_step} steps, loss {result.loss:.4f}; checkpoint {result.checkpoint}; "
           f"log {result.output_dir / 'log.jsonl'}; picture {result.output_dir / 'reconstruction.png'}")
     return 0

@@ -7,7 +7,9 @@ the next readable one and the skipped path is reported with the batch, so the lo
 
 from __future__ import annotations
 
+import math
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from ..errors import DataError
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 MAX_CONSECUTIVE_FAILURES = 64
+MAX_PIXELS = 4096 * 4096  # larger images are decoded at a reduced size (no real data set is affected)
 
 
 def scan_images(root: str | Path) -> tuple[list[str], list[int] | None, list[str] | None]:
@@ -43,11 +46,26 @@ def scan_images(root: str | Path) -> tuple[list[str], list[int] | None, list[str
 
 
 def load_image(path: str, mode: str) -> Image.Image:
-    """Decode fully (so truncation shows up here) and convert to ``mode``; 16-bit and CMYK are handled by PIL."""
+    """Decode fully (so truncation shows up here) and convert to ``mode``.
+
+    Grayscale, palette, RGBA and CMYK go through PIL's conversion (transparent palettes via RGBA), 16-bit
+    grayscale is scaled to 8 bits (v / 256, not clipped). Images over ``MAX_PIXELS`` are decoded at a reduced
+    size (JPEG: DCT scaling at 1/2..1/8, others: ``reduce``); beyond PIL's decompression-bomb limit (about 179 M
+    pixels) opening fails and the file is skipped. Anything that is not a regular file (a dangling link, a pipe)
+    fails here instead of blocking."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise OSError(f"{path} is not a regular file")
     with Image.open(path) as img:
+        factor = math.ceil(math.sqrt(img.width * img.height / MAX_PIXELS))
+        if factor > 1:
+            img.draft(None, (img.width // factor, img.height // factor))
         img.load()
+        if img.width * img.height > MAX_PIXELS:
+            img = img.reduce(math.ceil(math.sqrt(img.width * img.height / MAX_PIXELS)))
         if img.mode in ("I;16", "I;16B", "I;16L", "I"):
             img = img.point(lambda v: v * (1 / 256)).convert("L")
+        elif img.mode == "P" and "transparency" in img.info:
+            img = img.convert("RGBA")
         return img.convert(mode)
 
 

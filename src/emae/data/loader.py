@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import torch
 from torch.utils.data import DataLoader, Sampler
 
@@ -48,6 +50,13 @@ class ResumableSampler(Sampler):
         return max(0, (self.batches_per_epoch - self.start_batch) * self.batch_size)
 
 
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """``worker_init_fn``: workers ignore SIGINT/SIGTERM (a Ctrl-C reaches the whole process group); the main
+    process handles them (``emae.engine.signals``) and shuts the workers down."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def collate(batch):
     imgs, labels, skipped = zip(*batch)
     return torch.stack(imgs), torch.tensor(labels), [p for s in skipped for p in s]
@@ -78,6 +87,7 @@ def pretrain_loader(cfg: Config, source, rank: int = 0, world_size: int = 1, pin
         pin_memory=pin_memory,
         drop_last=True,
         persistent_workers=d.num_workers > 0,
+        worker_init_fn=ignore_stop_signals,
     )
 
 

@@ -30,7 +30,8 @@ def checkpoint_name(global_step: int) -> str:
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
+    """Write to a temporary file in the same folder, fsync it, rename it over ``path``, fsync the folder. A crash
+    at any moment leaves either the old ``path`` or the new one (plus, at worst, a stray ``.*.tmp`` file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -84,6 +85,15 @@ def latest_valid_checkpoint(folder: str | Path) -> tuple[Path, dict] | None:
         except CheckpointError as e:
             warnings.warn(f"skipping {e}", stacklevel=2)
     return None
+
+
+def remove_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files of checkpoint writes that never finished (a killed process leaves them)."""
+    folder = Path(folder)
+    found = [p for p in folder.glob(".checkpoint-*.tmp") if p.is_file()] if folder.is_dir() else []
+    for p in found:
+        p.unlink(missing_ok=True)
+    return found
 
 
 def prune_checkpoints(folder: str | Path, keep_last: int) -> None:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from ..config import Config
 from ..data import batch_to_device, eval_transform, image_source, pretrain_loader
-from ..errors import ConfigError, DataError
+from ..errors import CheckpointError, ConfigError, DataError, TrainingError
 from ..models import build_model
 from ..viz import save_reconstruction
 from .checkpoint import (
@@ -32,13 +32,16 @@ from .checkpoint import (
     list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
+    remove_temporaries,
     rng_state,
     save_atomic,
     set_rng_state,
 )
+from .guard import NonFiniteGuard
 from .log import JsonlLog
 from .optim import build_optimizer, build_scheduler, effective_lr
 from .perf import StepTimer, configure_backends, maybe_compile
+from .signals import StopSignals
 
 RUN_FILES = ("log.jsonl", "config.yaml", "reconstruction.png")
 
@@ -50,6 +53,8 @@ class RunResult:
     global_step: int
     loss: float
     benchmark: dict | None = None  # --benchmark: img/s, step times, data wait, memory, TFLOP/s, MFU
+    signal: str | None = None  # "SIGTERM" / "SIGINT" when a signal stopped the run (after a checkpoint)
+    bad_steps: int = 0  # steps skipped by the non-finite guard
 
 
 def resolve_device(name: str) -> torch.device:
@@ -124,6 +129,13 @@ def timed_batches(loader, timer: StepTimer | None):
 
 def pretrain(cfg: Config, resume: str | None = None, overwrite: bool = False, progress: bool = True,
              init: str | None = None, timer: StepTimer | None = None) -> RunResult:
+    """Pre-train as ``cfg`` says; SIGTERM / SIGINT stop it after the current step with a checkpoint."""
+    with StopSignals() as signals:
+        return _pretrain(cfg, resume, overwrite, progress, init, timer, signals)
+
+
+def _pretrain(cfg: Config, resume: str | None, overwrite: bool, progress: bool, init: str | None,
+              timer: StepTimer | None, signals: StopSignals) -> RunResult:
     t = cfg.train
     out, resume_path, stale = prepare_output_dir(cfg, resume, overwrite)
     cfg.output_dir = str(out)
@@ -154,16 +166,22 @@ def pretrain(cfg: Config, resume: str | None = None, overwrite: bool = False, pr
     sched = build_scheduler(opt, t, lr, steps_per_epoch, total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
     mask_gen = torch.Generator(device).manual_seed(t.seed)
+    guard = NonFiniteGuard(t.max_bad_steps)
     epoch, batch_in_epoch, global_step = 0, 0, 0
 
     if resume_path is not None:
         ckpt = load_checkpoint(resume_path, map_location=device)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(ckpt["rng"], mask_gen)
-        epoch, batch_in_epoch, global_step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["global_step"]
+        try:
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            sched.load_state_dict(ckpt["scheduler"])
+            scaler.load_state_dict(ckpt["scaler"])
+            set_rng_state(ckpt["rng"], mask_gen)
+            epoch, batch_in_epoch, global_step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["global_step"]
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:  # weights only, or another model's
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise CheckpointError(f"checkpoint {resume_path} cannot resume this run ({type(e).__name__}: {first})") from None
+        guard.load_state_dict(ckpt.get("guard", {}))
     init_info = {}
     if init is not None and resume_path is None:  # --init: weights only (any known format), fresh optimiser
         from ..interop.load import init_from
@@ -173,6 +191,7 @@ def pretrain(cfg: Config, resume: str | None = None, overwrite: bool = False, pr
     for path in stale:  # --overwrite: the old run goes only now that the new one is ready
         path.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(out)  # half-written checkpoints of a killed run
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     log = JsonlLog(out / "log.jsonl")
     if resume_path is None:
@@ -181,15 +200,21 @@ def pretrain(cfg: Config, resume: str | None = None, overwrite: bool = False, pr
     else:
         log.write(type="resume", checkpoint=str(resume_path), global_step=global_step)
 
+    last_good = resume_path if guard.consecutive == 0 else None  # newest checkpoint not inside a bad stretch
+
     def save() -> Path:
+        nonlocal last_good
         path = out / checkpoint_name(global_step)
         save_atomic({
             "format": FORMAT, "version": FORMAT_VERSION, "method": cfg.method, "config": cfg.to_dict(),
             "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "scaler": scaler.state_dict(), "rng": rng_state(mask_gen),
             "epoch": epoch, "batch_in_epoch": batch_in_epoch, "global_step": global_step,
+            "guard": guard.state_dict(),
         }, path)
-        prune_checkpoints(out, t.keep_last)
+        prune_checkpoints(out, t.keep_last)  # only once the new checkpoint is complete
+        if guard.consecutive == 0:
+            last_good = path
         return path
 
     bar = tqdm(total=total_steps, initial=global_step, unit="step", disable=not progress, dynamic_ncols=True)
@@ -201,39 +226,59 @@ def pretrain(cfg: Config, resume: str | None = None, overwrite: bool = False, pr
         sampler.set_epoch(epoch, batch_in_epoch)
         skipped: dict[str, None] = {}  # unique unreadable files met this epoch, in order
         window: dict[str, torch.Tensor] = {}  # summed loss terms since the last log line
-        window_steps, window_imgs, window_start = 0, 0, time.perf_counter()
+        window_steps, window_imgs, window_start, window_bad = 0, 0, time.perf_counter(), 0
         for imgs, _, bad in timed_batches(loader, timer):
             imgs, undecodable = batch_to_device(imgs, cfg, device)
             skipped.update(dict.fromkeys(bad + undecodable))
+            if batch_in_epoch % t.accum_iter == 0:  # a step begins: what to restore if it turns out bad
+                window_before, step_loss = window, 0
             with autocast(device, t.precision):
                 step_out = forward(imgs, generator=mask_gen)
             scaler.scale(step_out.loss / t.accum_iter).backward()
+            step_loss = step_loss + step_out.loss.detach()
             for name, value in step_out.terms.items():
                 window[name] = window.get(name, 0) + value.detach().float() / t.accum_iter
             window_imgs += imgs.shape[0]
             batch_in_epoch += 1
             if batch_in_epoch % t.accum_iter:
                 continue
-            scaler.step(opt)
-            scaler.update()
+            if scaler.is_enabled():
+                scaler.unscale_(opt)  # the guard checks the true gradients
+            skip = guard.is_bad(step_loss, model.parameters())
+            if not skip:
+                scaler.step(opt)
+            scaler.update()  # fp16: a skipped step lowers the loss scale, as GradScaler's own skip does
             opt.zero_grad(set_to_none=True)
-            sched.step()
+            sched.step()  # a skipped step still counts (see engine/guard.py)
             global_step += 1
-            window_steps += 1
+            if skip:
+                window, window_bad = window_before, window_bad + 1
+                log.write(type="bad_step", step=global_step, epoch=epoch, consecutive=guard.consecutive + 1)
+                bar.write(f"warning: step {global_step}: non-finite loss or gradient, update skipped")
+            try:
+                guard.record(skip, global_step, last_good)
+            except TrainingError as e:
+                bar.close()
+                log.write(type="error", step=global_step, message=str(e))
+                raise
+            window_steps += not skip
             if timer is not None:
                 timer.end(imgs.shape[0] * t.accum_iter)
             bar.update(1)
-            stopped = t.stop_after_steps is not None and global_step >= t.stop_after_steps
+            stopped = bool(signals.received) or (t.stop_after_steps is not None and global_step >= t.stop_after_steps)
             done = global_step >= total_steps
-            if global_step % t.log_every == 0 or batch_in_epoch == sampler.batches_per_epoch or stopped or done:
+            logged = global_step % t.log_every == 0 or batch_in_epoch == sampler.batches_per_epoch or stopped or done
+            if logged and window_steps:
                 terms = {k: v.item() / window_steps for k, v in window.items()}  # the one host sync per window
                 last_loss = terms["loss"]
                 speed = window_imgs / (time.perf_counter() - window_start)
                 current_lr = opt.param_groups[0]["lr"]
-                log.write(type="train", step=global_step, epoch=epoch, **terms, lr=current_lr, img_per_s=speed)
+                extra = {"bad_steps": window_bad} if window_bad else {}
+                log.write(type="train", step=global_step, epoch=epoch, **terms, lr=current_lr, img_per_s=speed, **extra)
                 bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{current_lr:.2e}", img_s=f"{speed:.0f}", refresh=False)
+            if logged:
                 window = {}
-                window_steps, window_imgs, window_start = 0, 0, time.perf_counter()
+                window_steps, window_imgs, window_start, window_bad = 0, 0, time.perf_counter(), 0
             if stopped or done:
                 break
             if t.save_every_steps and global_step % t.save_every_steps == 0:
@@ -253,6 +298,9 @@ def pretrain(cfg: Config, resume: str | None = None, overwrite: bool = False, pr
     bar.close()
     if last_ckpt is None:  # resumed a finished run
         last_ckpt = save()
+    stopped_by = signals.received if global_step < total_steps else None
+    if stopped_by:
+        log.write(type="signal", signal=stopped_by, step=global_step, checkpoint=str(last_ckpt))
 
     imgs = vis_batch(cfg, source, device)
     if imgs is not None and global_step >= total_steps:  # a finished run gets its picture
@@ -263,5 +311,6 @@ def pretrain(cfg: Config, resume: str | None = None, overwrite: bool = False, pr
     if timer is not None:
         report = timer.report(cfg, model, torch.zeros(2, cfg.model.in_chans, *cfg.model.image_size, device=device))
         log.write(type="benchmark", **report)
-    log.write(type="end", global_step=global_step, epoch=epoch, checkpoint=str(last_ckpt), loss=last_loss)
-    return RunResult(out, last_ckpt, global_step, last_loss, report)
+    log.write(type="end", global_step=global_step, epoch=epoch, checkpoint=str(last_ckpt), loss=last_loss,
+              bad_steps=guard.total)
+    return RunResult(out, last_ckpt, global_step, last_loss, report, stopped_by, guard.total)
