@@ -174,3 +174,12 @@ def test_resume_from_another_models_checkpoint_is_one_line(folder, tmp_path):
     cfg = tiny_config(*common, "model.depth=3", **{"data.path": str(folder), "output_dir": str(tmp_path)})
     with pytest.raises(CheckpointError, match=r"checkpoint-00000002.pt cannot resume this run \(RuntimeError: "):
         pretrain(cfg, resume="auto", progress=False)
+
+
+def test_decompression_bombs_are_skipped(tmp_path, monkeypatch):
+    paths = write_images(tmp_path, 2, size=20)
+    Image.new("L", (60, 60)).save(tmp_path / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 3600 pixels: over twice the limit, like a real bomb
+    source = ImageFiles(tmp_path)
+    img, _, skipped = source.fetch(source.paths.index(str(tmp_path / "bomb.png")))
+    assert skipped == [str(tmp_path / "bomb.png")] and img.size == (20, 20)
