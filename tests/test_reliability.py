@@ -66,21 +66,23 @@ def test_guard_counts_and_reduces():
 
 
 def test_nan_steps_are_skipped_and_counted(folder, tmp_path, monkeypatch):
-    inject_nan(monkeypatch, {3, 4, 7})
+    inject_nan(monkeypatch, {1, 3, 4, 7})
     cfg = tiny_config("train.max_steps=10", "train.batch_size=8", "train.log_every=1", "train.num_vis=0",
                       "train.max_bad_steps=3", **{"data.path": str(folder), "output_dir": str(tmp_path)})
-    result = pretrain(cfg, progress=False)
-    assert result.global_step == 10 and result.bad_steps == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a bad first step moves the schedule without a PyTorch warning
+        result = pretrain(cfg, progress=False)
+    assert result.global_step == 10 and result.bad_steps == 4
     records = read_log(tmp_path / "log.jsonl")
-    assert [r["step"] for r in records if r["type"] == "bad_step"] == [3, 4, 7]
-    assert [r["step"] for r in records if r["type"] == "train"] == [1, 2, 5, 6, 8, 9, 10]
+    assert [r["step"] for r in records if r["type"] == "bad_step"] == [1, 3, 4, 7]
+    assert [r["step"] for r in records if r["type"] == "train"] == [2, 5, 6, 8, 9, 10]
     assert all(np.isfinite(r["loss"]) for r in records if r["type"] == "train")
-    assert records[-1]["bad_steps"] == 3
+    assert records[-1]["bad_steps"] == 4
     ckpt = load_checkpoint(result.checkpoint)
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
-    # skipped steps do not update (AdamW counted 7 steps) but do move the schedule (10 steps)
-    assert {float(s["step"]) for s in ckpt["optimizer"]["state"].values()} == {7.0}
-    assert ckpt["scheduler"]["last_epoch"] == 10 and ckpt["guard"] == {"total": 3, "consecutive": 0}
+    # skipped steps do not update (AdamW counted 6 steps) but do move the schedule (10 steps)
+    assert {float(s["step"]) for s in ckpt["optimizer"]["state"].values()} == {6.0}
+    assert ckpt["scheduler"]["last_epoch"] == 10 and ckpt["guard"] == {"total": 4, "consecutive": 0}
 
 
 def test_persistent_nans_stop_with_a_clear_message(folder, tmp_path, monkeypatch, capsys):
@@ -172,3 +174,12 @@ def test_resume_from_another_models_checkpoint_is_one_line(folder, tmp_path):
     cfg = tiny_config(*common, "model.depth=3", **{"data.path": str(folder), "output_dir": str(tmp_path)})
     with pytest.raises(CheckpointError, match=r"checkpoint-00000002.pt cannot resume this run \(RuntimeError: "):
         pretrain(cfg, resume="auto", progress=False)
+
+
+def test_decompression_bombs_are_skipped(tmp_path, monkeypatch):
+    paths = write_images(tmp_path, 2, size=20)
+    Image.new("L", (60, 60)).save(tmp_path / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 3600 pixels: over twice the limit, like a real bomb
+    source = ImageFiles(tmp_path)
+    img, _, skipped = source.fetch(source.paths.index(str(tmp_path / "bomb.png")))
+    assert skipped == [str(tmp_path / "bomb.png")] and img.size == (20, 20)

@@ -11,6 +11,7 @@ import contextlib
 import random
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -249,7 +250,9 @@ def _pretrain(cfg: Config, resume: str | None, overwrite: bool, progress: bool, 
                 scaler.step(opt)
             scaler.update()  # fp16: a skipped step lowers the loss scale, as GradScaler's own skip does
             opt.zero_grad(set_to_none=True)
-            sched.step()  # a skipped step still counts (see engine/guard.py)
+            with warnings.catch_warnings():  # a skipped first step makes PyTorch warn about the call order
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+                sched.step()  # a skipped step still counts (see engine/guard.py)
             global_step += 1
             if skip:
                 window, window_bad = window_before, window_bad + 1
