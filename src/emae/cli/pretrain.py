@@ -6,6 +6,7 @@ import argparse
 
 from ..config import config_from_dict, load_config
 from ..engine import load_checkpoint, pretrain
+from ..engine.distributed import is_main
 
 EPILOG = """examples:
   emae pretrain                                     # embedded digits, ViT-Tiny/4, about two minutes on CPU
@@ -50,8 +51,9 @@ def run(args: argparse.Namespace) -> int:
     if args.benchmark is not None:
         return benchmark(cfg, args)
     result = pretrain(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress, init=args.init)
-    print(f"done: {result.global_step} steps, loss {result.loss:.4f}; checkpoint {result.checkpoint}; "
-          f"log {result.output_dir / 'log.jsonl'}; picture {result.output_dir / 'reconstruction.png'}")
+    if is_main():  # one line per run, not per process
+        print(f"done: {result.global_step} steps, loss {result.loss:.4f}; checkpoint {result.checkpoint}; "
+              f"log {result.output_dir / 'log.jsonl'}; picture {result.output_dir / 'reconstruction.png'}")
     return 0
 
 

@@ -36,9 +36,12 @@ from .checkpoint import (
     save_atomic,
     set_rng_state,
 )
+from .distributed import DistInfo, all_reduce_mean, barrier, broadcast_object, cleanup, init_distributed, mask_args
+from .distributed import grad_sync, wrap_model
 from .log import JsonlLog
 from .optim import build_optimizer, build_scheduler, effective_lr
 from .perf import StepTimer, configure_backends, maybe_compile
+from .sharded import load_optimizer_state, model_state, optimizer_state, plain_model, save_sharded
 
 RUN_FILES = ("log.jsonl", "config.yaml", "reconstruction.png")
 
@@ -122,12 +125,29 @@ def timed_batches(loader, timer: StepTimer | None):
         yield batch
 
 
+class _NoLog:
+    def write(self, **record) -> None:  # ranks other than 0 log nothing
+        pass
+
+
 def pretrain(cfg: Config, resume: str | None = None, overwrite: bool = False, progress: bool = True,
              init: str | None = None, timer: StepTimer | None = None) -> RunResult:
+    """Pre-train; under torchrun / srun (or ``train.distributed``) each process runs this with its shard."""
+    info = init_distributed(cfg.train, resolve_device(cfg.train.device))
+    try:
+        return _pretrain(cfg, info, resume, overwrite, progress, init, timer)
+    finally:
+        cleanup(info)
+
+
+def _pretrain(cfg: Config, info: DistInfo, resume: str | None, overwrite: bool, progress: bool,
+              init: str | None, timer: StepTimer | None) -> RunResult:
     t = cfg.train
-    out, resume_path, stale = prepare_output_dir(cfg, resume, overwrite)
+    main = info.is_main
+    out, resume_path, stale = broadcast_object(prepare_output_dir(cfg, resume, overwrite))  # rank 0's folder
+    barrier()  # every rank has checked the folder before rank 0 writes into it
     cfg.output_dir = str(out)
-    device = resolve_device(t.device)
+    device = info.device
     configure_backends(device, t.tf32)
     if timer is not None:
         timer.device = device
@@ -135,7 +155,7 @@ def pretrain(cfg: Config, resume: str | None = None, overwrite: bool = False, pr
 
     # data
     source = image_source(cfg)
-    loader = pretrain_loader(cfg, source, pin_memory=device.type == "cuda")
+    loader = pretrain_loader(cfg, source, info.rank, info.world_size, pin_memory=device.type == "cuda")
     sampler = loader.sampler
     steps_per_epoch = sampler.batches_per_epoch // t.accum_iter
     if steps_per_epoch == 0:
@@ -147,8 +167,18 @@ def pretrain(cfg: Config, resume: str | None = None, overwrite: bool = False, pr
 
     # model, optimiser, schedule
     model = build_model(cfg).to(device)
-    forward = maybe_compile(model, t.compile)  # checkpoints keep using ``model``
-    lr = effective_lr(t)
+    model.set_grad_checkpointing(t.activation_checkpointing)
+    ckpt = load_checkpoint(resume_path, map_location=device) if resume_path is not None else None
+    init_info = {}
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+    elif init is not None:  # --init: weights only (any known format), fresh optimiser
+        from ..interop.load import init_from
+
+        init_info = init_from(model, init)
+    wrapped = wrap_model(model, info, t.precision)  # DDP wrapper, or FSDP shards ``model`` in place
+    forward = maybe_compile(wrapped, t.compile)  # checkpoints keep using ``model``
+    lr = effective_lr(t, info.world_size)
     opt = build_optimizer(model, t, lr)
     total_steps = t.max_steps or t.epochs * steps_per_epoch
     sched = build_scheduler(opt, t, lr, steps_per_epoch, total_steps)
@@ -156,43 +186,48 @@ def pretrain(cfg: Config, resume: str | None = None, overwrite: bool = False, pr
     mask_gen = torch.Generator(device).manual_seed(t.seed)
     epoch, batch_in_epoch, global_step = 0, 0, 0
 
-    if resume_path is not None:
-        ckpt = load_checkpoint(resume_path, map_location=device)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
+    if ckpt is not None:
+        load_optimizer_state(model, opt, ckpt["optimizer"], info)
         sched.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"], mask_gen)
         epoch, batch_in_epoch, global_step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["global_step"]
-    init_info = {}
-    if init is not None and resume_path is None:  # --init: weights only (any known format), fresh optimiser
-        from ..interop.load import init_from
+        del ckpt
 
-        init_info = init_from(model, init)
-
-    for path in stale:  # --overwrite: the old run goes only now that the new one is ready
+    for path in stale if main else ():  # --overwrite: the old run goes only now that the new one is ready
         path.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    log = JsonlLog(out / "log.jsonl")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    log = JsonlLog(out / "log.jsonl") if main else _NoLog()
     if resume_path is None:
         log.write(type="start", lr=lr, steps_per_epoch=steps_per_epoch, images=len(source), data=str(source.root),
-                  params=sum(p.numel() for p in model.parameters() if p.requires_grad), **init_info)
+                  params=sum(p.numel() for p in model.parameters() if p.requires_grad), world_size=info.world_size,
+                  global_batch=t.batch_size * t.accum_iter * info.world_size, **init_info)
     else:
         log.write(type="resume", checkpoint=str(resume_path), global_step=global_step)
 
-    def save() -> Path:
+    def save() -> Path:  # every rank calls it; rank 0 writes (FSDP: all ranks gather, or write their shards)
         path = out / checkpoint_name(global_step)
-        save_atomic({
+        meta = {
             "format": FORMAT, "version": FORMAT_VERSION, "method": cfg.method, "config": cfg.to_dict(),
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "scaler": scaler.state_dict(), "rng": rng_state(mask_gen),
+            "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(mask_gen),
             "epoch": epoch, "batch_in_epoch": batch_in_epoch, "global_step": global_step,
-        }, path)
-        prune_checkpoints(out, t.keep_last)
+        }
+        if info.mode == "fsdp" and t.fsdp_checkpoint == "sharded":
+            path = path.with_suffix(".dcp")
+            save_sharded(meta, model, opt, path, info)
+        else:
+            state = {"model": model_state(model, info), "optimizer": optimizer_state(model, opt, info)}
+            if main:
+                save_atomic({**meta, **state}, path)
+        if main:
+            prune_checkpoints(out, t.keep_last)
+        barrier()  # no rank runs ahead of (or exits before) rank 0's write
         return path
 
-    bar = tqdm(total=total_steps, initial=global_step, unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=total_steps, initial=global_step, unit="step", disable=not (progress and main),
+               dynamic_ncols=True)
     model.train()
     if timer is not None:
         timer.begin()
@@ -205,8 +240,9 @@ def pretrain(cfg: Config, resume: str | None = None, overwrite: bool = False, pr
         for imgs, _, bad in timed_batches(loader, timer):
             skipped.update(dict.fromkeys(bad))
             imgs = imgs.to(device, non_blocking=True)
+            grad_sync(wrapped, (batch_in_epoch + 1) % t.accum_iter == 0)  # all-reduce on the last micro-batch only
             with autocast(device, t.precision):
-                step_out = forward(imgs, generator=mask_gen)
+                step_out = forward(imgs, **mask_args(model, imgs.shape[0], mask_gen, info))
             scaler.scale(step_out.loss / t.accum_iter).backward()
             for name, value in step_out.terms.items():
                 window[name] = window.get(name, 0) + value.detach().float() / t.accum_iter
@@ -226,9 +262,10 @@ def pretrain(cfg: Config, resume: str | None = None, overwrite: bool = False, pr
             stopped = t.stop_after_steps is not None and global_step >= t.stop_after_steps
             done = global_step >= total_steps
             if global_step % t.log_every == 0 or batch_in_epoch == sampler.batches_per_epoch or stopped or done:
-                terms = {k: v.item() / window_steps for k, v in window.items()}  # the one host sync per window
+                # the one host sync per window; the mean over ranks is the global batch's loss
+                terms = {k: all_reduce_mean(v).item() / window_steps for k, v in window.items()}
                 last_loss = terms["loss"]
-                speed = window_imgs / (time.perf_counter() - window_start)
+                speed = window_imgs * info.world_size / (time.perf_counter() - window_start)
                 current_lr = opt.param_groups[0]["lr"]
                 log.write(type="train", step=global_step, epoch=epoch, **terms, lr=current_lr, img_per_s=speed)
                 bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{current_lr:.2e}", img_s=f"{speed:.0f}", refresh=False)
@@ -255,10 +292,12 @@ def pretrain(cfg: Config, resume: str | None = None, overwrite: bool = False, pr
         last_ckpt = save()
 
     imgs = vis_batch(cfg, source, device)
-    if imgs is not None and global_step >= total_steps:  # a finished run gets its picture
+    if imgs is not None and global_step >= total_steps:  # a finished run gets its picture (from rank 0)
         scale = max(1, 128 // max(cfg.model.image_size))
-        save_reconstruction(out / "reconstruction.png", model, imgs, cfg.data.mean, cfg.data.std, seed=t.seed,
-                            scale=scale)
+        shown = plain_model(model, cfg, info)  # FSDP: gathered into a fresh model on rank 0; all ranks call
+        if main:
+            save_reconstruction(out / "reconstruction.png", shown, imgs, cfg.data.mean, cfg.data.std, seed=t.seed,
+                                scale=scale)
     report = None
     if timer is not None:
         report = timer.report(cfg, model, torch.zeros(2, cfg.model.in_chans, *cfg.model.image_size, device=device))
