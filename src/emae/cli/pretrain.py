@@ -77,6 +77,7 @@ def benchmark(cfg, args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="emae-benchmark-") as tmp:
         cfg.output_dir = tmp
         result = pretrain(cfg, progress=not args.no_progress, init=args.init, timer=timer)
-    print(format_report(result.benchmark))
-    print(json.dumps(result.benchmark))
+    if is_main():
+        print(format_report(result.benchmark))
+        print(json.dumps(result.benchmark))
     return 0

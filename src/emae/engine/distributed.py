@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 import socket
 from dataclasses import dataclass
 
@@ -197,10 +198,12 @@ def wrap_model(model: nn.Module, info: DistInfo, precision: str) -> nn.Module:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [info.device.index] if info.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        return DistributedDataParallel(model, device_ids=ids)
     if info.mode == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+        # MaskedAutoencoder returns views (pred[:, 1:]); nothing modifies them in place, so FSDP's warning is moot
+        warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
         policy = MixedPrecisionPolicy()
         if precision in ("bf16", "fp16"):
             low = torch.bfloat16 if precision == "bf16" else torch.float16
