@@ -134,7 +134,9 @@ def test_fsdp_sharded_checkpoints_gather_into_one_process(runs, tmp_path):
     end = load_checkpoint(sharded / "checkpoint-00000006.dcp")
     assert end["global_step"] == 6 and close(params(runs["ref"] / "checkpoint-00000006.pt"), end["model"], 1e-5)
     model = build_model(tiny_config())
-    model.load_state_dict(end["model"])  # plain keys: loads into a single-process model
+    model.load_state_dict(end["model"])  # plain keys: loads into a single-process model ...
+    loaded, imgs, noise = emae.load(sharded / "checkpoint-00000006.dcp"), torch.randn(2, 3, 16, 16), torch.rand(2, 16)
+    assert torch.equal(model.eval()(imgs, noise=noise).pred, loaded(imgs, noise=noise).pred)  # ... and emae.load's
     single(runs["root"] / "img", tmp_path / "one", "train.distributed=none",
            resume=str(sharded / "checkpoint-00000004.dcp"))
     again = losses(tmp_path / "one")
@@ -179,13 +181,6 @@ def test_activation_checkpointing_same_loss_and_gradients():
     assert saved[1] < saved[0] / 2
 
 
-def test_bf16_code_path_gives_a_finite_loss(tmp_path):
-    cfg = tiny_config("train.max_steps=2", "train.batch_size=4", "train.precision=bf16", "train.num_vis=0",
-                      "train.device=cpu", "data.num_workers=0", **{"output_dir": str(tmp_path)})
-    result = pretrain(cfg, progress=False)
-    assert result.global_step == 2 and torch.isfinite(torch.tensor(result.loss))
-
-
 def test_launch_environment_and_config_errors(monkeypatch):
     assert first_host("gpu[003-005,009],cpu1") == "gpu003" and first_host("node7") == "node7"
     assert first_host("a-b[12,14]") == "a-b12"
@@ -211,3 +206,17 @@ def test_launch_environment_and_config_errors(monkeypatch):
     set_key(cfg, "train.distributed", "none")
     with pytest.raises(ConfigError, match="train.distributed: 'none' but 4 processes"):
         resolve_mode(cfg.train, 4)
+
+
+@needs_gloo
+@pytest.mark.parametrize("mode,precision", [("fsdp", "fp16"), ("ddp", "bf16")])
+def test_one_process_group_with_mixed_precision(tmp_path, mode, precision):
+    """FSDP's mixed-precision policy with fp16's sharded loss scaler, and DDP under bf16, in a group of one."""
+    cfg = tiny_config("train.max_steps=2", "train.batch_size=4", f"train.precision={precision}", "train.num_vis=2",
+                      "train.device=cpu", "data.num_workers=0", f"train.distributed={mode}",
+                      **{"output_dir": str(tmp_path)})
+    result = pretrain(cfg, progress=False)
+    assert result.global_step == 2 and torch.isfinite(torch.tensor(result.loss)) and not dist.is_initialized()
+    state = load_checkpoint(result.checkpoint)
+    build_model(tiny_config()).load_state_dict(state["model"])
+    assert (state["scaler"]["scale"] > 1) if precision == "fp16" else state["scaler"] == {}

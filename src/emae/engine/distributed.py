@@ -215,6 +215,15 @@ def wrap_model(model: nn.Module, info: DistInfo, precision: str) -> nn.Module:
     return model
 
 
+def grad_scaler(info: DistInfo, enabled: bool) -> torch.amp.GradScaler:
+    """fp16's loss scaler; under FSDP the sharded one, which agrees on skipping a step across ranks."""
+    if info.mode == "fsdp":
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+        return ShardedGradScaler(info.device.type, enabled=enabled)
+    return torch.amp.GradScaler(info.device.type, enabled=enabled)
+
+
 def grad_sync(wrapped: nn.Module, enabled: bool) -> None:
     """Gradient all-reduce on or off for the next backward: off for micro-batches inside an accumulation."""
     if hasattr(wrapped, "require_backward_grad_sync"):  # DDP (what its no_sync() context toggles)

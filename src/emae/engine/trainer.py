@@ -37,7 +37,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .distributed import DistInfo, all_reduce_mean, barrier, broadcast_object, cleanup, init_distributed, mask_args
-from .distributed import grad_sync, wrap_model
+from .distributed import grad_scaler, grad_sync, wrap_model
 from .log import JsonlLog
 from .optim import build_optimizer, build_scheduler, effective_lr
 from .perf import StepTimer, configure_backends, maybe_compile
@@ -182,7 +182,7 @@ def _pretrain(cfg: Config, info: DistInfo, resume: str | None, overwrite: bool, 
     opt = build_optimizer(model, t, lr)
     total_steps = t.max_steps or t.epochs * steps_per_epoch
     sched = build_scheduler(opt, t, lr, steps_per_epoch, total_steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
+    scaler = grad_scaler(info, enabled=t.precision == "fp16")
     mask_gen = torch.Generator(device).manual_seed(t.seed)
     epoch, batch_in_epoch, global_step = 0, 0, 0
 
