@@ -21,7 +21,9 @@ import emae
 from emae.config import set_key
 from emae.engine import load_checkpoint, pretrain
 from emae.engine.distributed import DistInfo, env_layout, first_host, rank_mask, resolve_mode
+from emae.engine.sharded import consolidate
 from emae.errors import ConfigError
+from emae.data.loader import ResumableSampler
 from emae.models import build_model
 
 from helpers import TINY, tiny_config, write_images
@@ -137,6 +139,8 @@ def test_fsdp_sharded_checkpoints_gather_into_one_process(runs, tmp_path):
     model.load_state_dict(end["model"])  # plain keys: loads into a single-process model ...
     loaded, imgs, noise = emae.load(sharded / "checkpoint-00000006.dcp"), torch.randn(2, 3, 16, 16), torch.rand(2, 16)
     assert torch.equal(model.eval()(imgs, noise=noise).pred, loaded(imgs, noise=noise).pred)  # ... and emae.load's
+    one = consolidate(sharded / "checkpoint-00000006.dcp", tmp_path / "one.pt")  # one ordinary file
+    assert close(load_checkpoint(one)["model"], end["model"], 0) and load_checkpoint(one)["optimizer"]["state"]
     single(runs["root"] / "img", tmp_path / "one", "train.distributed=none",
            resume=str(sharded / "checkpoint-00000004.dcp"))
     again = losses(tmp_path / "one")
@@ -220,3 +224,34 @@ def test_one_process_group_with_mixed_precision(tmp_path, mode, precision):
     state = load_checkpoint(result.checkpoint)
     build_model(tiny_config()).load_state_dict(state["model"])
     assert (state["scaler"]["scale"] > 1) if precision == "fp16" else state["scaler"] == {}
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_rank_batches_interleave_into_the_one_process_batch(world):
+    """Rank r's k-th batch holds positions r, r + W, ... of the 1-process k-th batch (batch W * B), same seeds."""
+    one = list(ResumableSampler(48, 4 * world, seed=5))
+    ranks = [list(ResumableSampler(48, 4, seed=5, rank=r, world_size=world)) for r in range(world)]
+    for k in range(len(one) // (4 * world)):
+        batch = one[k * 4 * world:(k + 1) * 4 * world]
+        for r in range(world):
+            assert ranks[r][k * 4:(k + 1) * 4] == batch[r::world]
+
+
+def _group_worker(rank: int, folder: str) -> None:
+    from emae.engine import distributed as d
+
+    dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=2)
+    got = [d.any_rank(rank == 1), d.any_rank(False), d.all_reduce_mean(torch.tensor([rank * 1.0])).item(),
+           d.broadcast_object(f"rank{rank}"), d.is_main()]
+    dist.destroy_process_group()
+    Path(folder, f"rank{rank}.json").write_text(json.dumps(got))
+
+
+@needs_gloo
+def test_collectives_agree_across_ranks(tmp_path):
+    """What every rank must decide alike (the NaN guard's skip, a stop on SIGTERM) comes out the same on all."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_group_worker, args=(str(tmp_path),), nprocs=2)
+    got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert got == [[True, False, 0.5, "rank0", True], [True, False, 0.5, "rank0", False]]
