@@ -20,7 +20,7 @@ import torch.distributed as dist
 import emae
 from emae.config import set_key
 from emae.engine import load_checkpoint, pretrain
-from emae.engine.distributed import DistInfo, env_layout, first_host, rank_mask, resolve_mode
+from emae.engine.distributed import DistInfo, _rendezvous_env, env_layout, first_host, rank_mask, resolve_mode
 from emae.engine.sharded import consolidate
 from emae.errors import ConfigError
 from emae.data.loader import ResumableSampler
@@ -97,7 +97,8 @@ def runs(tmp_path_factory):
 def test_ddp_matches_one_process_and_only_rank0_writes(runs):
     ref, ddp = losses(runs["ref"]), losses(runs["root"] / "ddp")
     assert sorted(ddp) == list(range(1, 7)) and max(abs(ref[s] - ddp[s]) for s in ref) < TOL
-    ref_end, ddp_end = params(runs["ref"] / "checkpoint-00000006.pt"), params(runs["root"] / "ddp/checkpoint-00000006.pt")
+    ref_end = params(runs["ref"] / "checkpoint-00000006.pt")
+    ddp_end = params(runs["root"] / "ddp/checkpoint-00000006.pt")
     assert close(ref_end, ddp_end, 1e-5)
     assert not close(ref_end, params(runs["ref"] / "checkpoint-00000003.pt"), 1e-3)  # it did train
     # rank 0 alone writes: one start and one resume record, each step once, one "done" line per launch
@@ -108,7 +109,8 @@ def test_ddp_matches_one_process_and_only_rank0_writes(runs):
     assert log[0]["lr"] == json.loads((runs["ref"] / "log.jsonl").read_text().splitlines()[0])["lr"]
     assert runs["ddp_stdout"].count("done:") == 2
     names = {p.name for p in (runs["root"] / "ddp").iterdir()}
-    assert names == {"config.yaml", "log.jsonl", "reconstruction.png", *(f"checkpoint-0000000{i}.pt" for i in (3, 4, 6))}
+    ckpts = {f"checkpoint-0000000{i}.pt" for i in (3, 4, 6)}
+    assert names == {"config.yaml", "log.jsonl", "reconstruction.png", *ckpts}
 
 
 @needs_gloo
@@ -132,7 +134,8 @@ def test_fsdp_sharded_checkpoints_gather_into_one_process(runs, tmp_path):
     sharded = runs["root"] / "sharded"
     ref, got = losses(runs["ref"]), losses(sharded)
     assert sorted(got) == [4, 5, 6] and max(abs(ref[s] - got[s]) for s in got) < TOL  # resumed from DDP's step 3
-    assert sorted(p.name for p in sharded.glob("checkpoint-*")) == ["checkpoint-00000004.dcp", "checkpoint-00000006.dcp"]
+    found = sorted(p.name for p in sharded.glob("checkpoint-*"))
+    assert found == ["checkpoint-00000004.dcp", "checkpoint-00000006.dcp"]
     end = load_checkpoint(sharded / "checkpoint-00000006.dcp")
     assert end["global_step"] == 6 and close(params(runs["ref"] / "checkpoint-00000006.pt"), end["model"], 1e-5)
     model = build_model(tiny_config())
@@ -170,7 +173,8 @@ def test_activation_checkpointing_same_loss_and_gradients():
         model.zero_grad()
         out = model(imgs, generator=torch.Generator().manual_seed(3))
         out.loss.backward()
-        grads.append((out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+        grads.append((out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                          if p.grad is not None}))
     (l0, g0), (l1, g1) = grads
     assert torch.equal(l0, l1) and g0.keys() == g1.keys() and len(g0) > 10
     assert all(torch.allclose(g0[n], g1[n], atol=1e-7) for n in g0)
@@ -199,6 +203,15 @@ def test_launch_environment_and_config_errors(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_RANK", "0")
     assert env_layout() == (2, 0, 4)  # torchrun's variables win
+    for key in ("MASTER_ADDR", "MASTER_PORT", "SLURM_JOB_NODELIST", "SLURM_JOB_ID"):
+        monkeypatch.setenv(key, "x")  # restored after the test
+        monkeypatch.delenv(key)
+    with pytest.raises(ConfigError, match="MASTER_ADDR is not set"):
+        _rendezvous_env()
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu[007-009]")
+    monkeypatch.setenv("SLURM_JOB_ID", "123456")
+    _rendezvous_env()  # srun alone: the first node, a port from the job id
+    assert os.environ["MASTER_ADDR"] == "gpu007" and os.environ["MASTER_PORT"] == str(20000 + 123456 % 20000)
     cfg = tiny_config()
     for key, value, match in [("train.distributed", "deepspeed", "train.distributed: 'deepspeed'.*ddp"),
                               ("train.dist_backend", "mpi", "train.dist_backend: 'mpi'.*gloo"),

@@ -344,4 +344,5 @@ def validate(cfg: Config) -> None:
         _require(t.distributed == "fsdp", "train.fsdp_checkpoint", t.fsdp_checkpoint,
                  "sharded checkpoints need train.distributed: fsdp")
     if t.dist_backend == "nccl":
-        _require(t.device != "cpu", "train.dist_backend", t.dist_backend, "nccl needs CUDA; use gloo with train.device cpu")
+        _require(t.device != "cpu", "train.dist_backend", t.dist_backend,
+                 "nccl needs CUDA; use gloo with train.device cpu")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import warnings
-import socket
 from dataclasses import dataclass
 
 import torch
@@ -60,26 +59,17 @@ def env_layout() -> tuple[int, int, int]:
     return 0, 0, 1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rendezvous_env(world_size: int) -> None:
+def _rendezvous_env() -> None:
     """MASTER_ADDR / MASTER_PORT for ``env://``: torchrun sets them; under srun they come from the node list."""
     if "MASTER_ADDR" not in os.environ:
-        if world_size == 1:
-            os.environ["MASTER_ADDR"] = "127.0.0.1"
-        elif os.environ.get("SLURM_JOB_NODELIST"):
-            os.environ["MASTER_ADDR"] = first_host(os.environ["SLURM_JOB_NODELIST"])
-        else:
-            raise ConfigError("MASTER_ADDR is not set: launch with torchrun, or srun, or export MASTER_ADDR/MASTER_PORT")
+        if not os.environ.get("SLURM_JOB_NODELIST"):
+            raise ConfigError("MASTER_ADDR is not set: launch with torchrun or srun, or export MASTER_ADDR/PORT")
+        os.environ["MASTER_ADDR"] = first_host(os.environ["SLURM_JOB_NODELIST"])
     if "MASTER_PORT" not in os.environ:
         job = _env_int("SLURM_JOB_ID")
-        if world_size > 1 and job is None:
+        if job is None:
             raise ConfigError("MASTER_PORT is not set: launch with torchrun, or srun, or export MASTER_PORT")
-        os.environ["MASTER_PORT"] = str(_free_port() if world_size == 1 else 20000 + job % 20000)
+        os.environ["MASTER_PORT"] = str(20000 + job % 20000)
 
 
 def resolve_mode(t: TrainConfig, world_size: int) -> str:
@@ -109,11 +99,13 @@ def init_distributed(t: TrainConfig, device: torch.device) -> DistInfo:
         raise ConfigError(f"train.distributed: {mode!r} needs torch.distributed with the {backend} backend")
     owns = not dist.is_initialized()
     if owns:
-        _rendezvous_env(world_size)
-        os.environ.setdefault("RANK", str(rank))
-        os.environ.setdefault("WORLD_SIZE", str(world_size))
+        if world_size == 1 and "MASTER_ADDR" not in os.environ:  # a group of one, e.g. FSDP on one GPU
+            rendezvous = {"store": dist.HashStore()}
+        else:
+            _rendezvous_env()
+            rendezvous = {"init_method": "env://"}
         dist.init_process_group(backend, rank=rank, world_size=world_size,
-                                device_id=device if device.type == "cuda" else None)
+                                device_id=device if device.type == "cuda" else None, **rendezvous)
     return DistInfo(dist.get_rank(), local_rank, dist.get_world_size(), device, mode, owns)
 
 
