@@ -6,6 +6,7 @@ training loop calls them unconditionally.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import warnings
@@ -90,7 +91,8 @@ def init_distributed(t: TrainConfig, device: torch.device) -> DistInfo:
         if device.index not in (None, local_rank) and world_size > 1:
             raise ConfigError(f"train.device: {str(device)!r} with {world_size} processes; use cuda or auto "
                               "(each process takes cuda:LOCAL_RANK)")
-        device = torch.device("cuda", local_rank if world_size > 1 else (device.index or 0))
+        # srun --gpus-per-task shows each task one GPU (cuda:0) whatever its local id
+        device = torch.device("cuda", local_rank % torch.cuda.device_count() if world_size > 1 else (device.index or 0))
         torch.cuda.set_device(device)
     backend = t.dist_backend if t.dist_backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
     if backend == "nccl" and device.type != "cuda":
@@ -168,9 +170,12 @@ def rank_mask(model: nn.Module, batch: int, generator: torch.Generator, info: Di
     Rank r holds global batch positions r, r + W, r + 2W, ... (the sampler interleaves), so every rank draws
     the global mask from the same generator and keeps those images' rows: masks equal the 1-process run's."""
     full = model.make_mask(batch * info.world_size, generator=generator, device=generator.device)
+    n = full.mask.shape[0]
     images = torch.arange(batch, device=full.mask.device) * info.world_size + info.rank
     rows = (images[:, None] * full.parts + torch.arange(full.parts, device=images.device)).flatten()
-    return Mask(full.ids_keep[rows], full.mask[rows], full.ids_restore[rows], full.parts)
+    sliced = {f.name: getattr(full, f.name)[rows] for f in dataclasses.fields(full)
+              if torch.is_tensor(getattr(full, f.name)) and getattr(full, f.name).shape[:1] == (n,)}
+    return dataclasses.replace(full, **sliced)  # every per-sequence tensor, whatever the mask type adds
 
 
 def mask_args(model: nn.Module, batch: int, generator: torch.Generator, info: DistInfo) -> dict:
