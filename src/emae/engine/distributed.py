@@ -84,6 +84,8 @@ def resolve_mode(t: TrainConfig, world_size: int) -> str:
 def init_distributed(t: TrainConfig, device: torch.device) -> DistInfo:
     """Join (or start) the process group the launcher describes; picks this process's device (cuda:LOCAL_RANK)."""
     rank, local_rank, world_size = env_layout()
+    if _on():  # the caller started the group
+        rank, world_size = dist.get_rank(), dist.get_world_size()
     mode = resolve_mode(t, world_size)
     if mode == "none":
         return DistInfo(device=device)
