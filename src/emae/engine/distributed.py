@@ -113,8 +113,11 @@ def init_distributed(t: TrainConfig, device: torch.device) -> DistInfo:
     return DistInfo(dist.get_rank(), local_rank, dist.get_world_size(), device, mode, owns)
 
 
-def cleanup(info: DistInfo) -> None:
+def cleanup(info: DistInfo, wait: bool = False) -> None:
+    """End the group this process started; ``wait``: after every rank has got here."""
     if info.owns_group and dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 

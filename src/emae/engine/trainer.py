@@ -135,9 +135,12 @@ def pretrain(cfg: Config, resume: str | None = None, overwrite: bool = False, pr
     """Pre-train; under torchrun / srun (or ``train.distributed``) each process runs this with its shard."""
     info = init_distributed(cfg.train, resolve_device(cfg.train.device))
     try:
-        return _pretrain(cfg, info, resume, overwrite, progress, init, timer)
-    finally:
+        result = _pretrain(cfg, info, resume, overwrite, progress, init, timer)
+    except BaseException:
         cleanup(info)
+        raise
+    cleanup(info, wait=True)  # all ranks leave together: none tears down its links while rank 0 still works
+    return result
 
 
 def _pretrain(cfg: Config, info: DistInfo, resume: str | None, overwrite: bool, progress: bool,
