@@ -98,6 +98,10 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model's training forward (pays off on GPUs, not on CPUs)
     tf32: bool = True  # TF32 matmuls for fp32 work on CUDA (Ampere and newer); no effect on CPU
     max_bad_steps: int = 20  # stop after this many consecutive steps with a non-finite loss or gradient
+    distributed: str = "auto"  # auto (ddp when launched with several processes) | none | ddp | fsdp
+    dist_backend: str = "auto"  # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
+    fsdp_checkpoint: str = "full"  # full: one file gathered on rank 0 | sharded: a folder of per-rank shards
+    activation_checkpointing: bool = False  # recompute each Transformer block in backward: less memory, ~30% slower
 
 
 @dataclass
@@ -116,6 +120,9 @@ class Config:
 
 METHODS = ("mae", "emae")  # emae: a parallel mask (K parts per image) + self-consistency
 PRECISIONS = ("fp32", "bf16", "fp16")
+DISTRIBUTED = ("auto", "none", "ddp", "fsdp")
+DIST_BACKENDS = ("auto", "nccl", "gloo")
+FSDP_CHECKPOINTS = ("full", "sharded")
 
 
 # ---------------------------------------------------------------- loading
@@ -373,3 +380,13 @@ def validate(cfg: Config) -> None:
     _require(t.num_vis >= 0, "train.num_vis", t.num_vis, "must be >= 0")
     _require(0 <= t.seed, "train.seed", t.seed, f"must be in [0, {MAX_INT}]")
     _require(t.max_bad_steps > 0, "train.max_bad_steps", t.max_bad_steps, "must be a positive integer")
+    for key, allowed in (("distributed", DISTRIBUTED), ("dist_backend", DIST_BACKENDS),
+                         ("fsdp_checkpoint", FSDP_CHECKPOINTS)):
+        v = getattr(t, key)
+        _require(v in allowed, f"train.{key}", v, f"choose one of {list(allowed)}")
+    if t.fsdp_checkpoint == "sharded":
+        _require(t.distributed == "fsdp", "train.fsdp_checkpoint", t.fsdp_checkpoint,
+                 "sharded checkpoints need train.distributed: fsdp")
+    if t.dist_backend == "nccl":
+        _require(t.device != "cpu", "train.dist_backend", t.dist_backend,
+                 "nccl needs CUDA; use gloo with train.device cpu")

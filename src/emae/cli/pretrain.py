@@ -6,6 +6,7 @@ import argparse
 
 from ..config import config_from_dict, load_config
 from ..engine import load_checkpoint, pretrain
+from ..engine.distributed import is_main
 
 EPILOG = """examples:
   emae pretrain                                     # embedded digits, ViT-Tiny/4, about two minutes on CPU
@@ -50,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
     if args.benchmark is not None:
         return benchmark(cfg, args)
     result = pretrain(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress, init=args.init)
+    if not is_main():  # one line per run, not per process
+        return 0
     if result.signal:  # SIGTERM / SIGINT: a clean, resumable stop
         print(f"stopped by {result.signal} at step {result.global_step}; checkpoint {result.checkpoint}; "
               f"continue with: emae pretrain --output {result.output_dir} --resume auto")
@@ -79,6 +82,7 @@ def benchmark(cfg, args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="emae-benchmark-") as tmp:
         cfg.output_dir = tmp
         result = pretrain(cfg, progress=not args.no_progress, init=args.init, timer=timer)
-    print(format_report(result.benchmark))
-    print(json.dumps(result.benchmark))
+    if is_main():
+        print(format_report(result.benchmark))
+        print(json.dumps(result.benchmark))
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -22,7 +23,7 @@ from ..errors import CheckpointError
 
 FORMAT = "emae-checkpoint"
 FORMAT_VERSION = 1
-NAME_RE = re.compile(r"checkpoint-(\d+)\.pt$")
+NAME_RE = re.compile(r"checkpoint-(\d+)\.(?:pt|dcp)$")  # .dcp: a sharded (FSDP) checkpoint folder
 
 
 def checkpoint_name(global_step: int) -> str:
@@ -55,10 +56,15 @@ def save_atomic(obj: Any, path: str | Path) -> None:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Load and check an emae checkpoint; one-line errors for missing, unreadable or foreign files."""
     path = Path(path)
-    if not path.is_file():
+    if not path.is_file() and not path.is_dir():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        if path.is_dir():  # a sharded checkpoint, gathered into this process
+            from .sharded import load_sharded
+
+            ckpt = load_sharded(path)
+        else:
+            ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # noqa: BLE001 - truncated or not a torch file
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
@@ -99,7 +105,7 @@ def remove_temporaries(folder: str | Path) -> list[Path]:
 def prune_checkpoints(folder: str | Path, keep_last: int) -> None:
     if keep_last > 0:
         for old in list_checkpoints(folder)[keep_last:]:
-            old.unlink(missing_ok=True)
+            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
 
 
 def rng_state(mask_generator: torch.Generator | None = None) -> dict:

@@ -38,10 +38,13 @@ from .checkpoint import (
     save_atomic,
     set_rng_state,
 )
+from .distributed import DistInfo, all_reduce_mean, any_rank, barrier, broadcast_object, cleanup, init_distributed
+from .distributed import grad_scaler, grad_sync, mask_args, wrap_model
 from .guard import NonFiniteGuard
 from .log import JsonlLog
 from .optim import build_optimizer, build_scheduler, effective_lr
 from .perf import StepTimer, configure_backends, maybe_compile
+from .sharded import load_optimizer_state, model_state, optimizer_state, plain_model, save_sharded
 from .signals import StopSignals
 
 RUN_FILES = ("log.jsonl", "config.yaml", "reconstruction.png")
@@ -128,19 +131,34 @@ def timed_batches(loader, timer: StepTimer | None):
         yield batch
 
 
+class _NoLog:
+    def write(self, **record) -> None:  # ranks other than 0 log nothing
+        pass
+
+
 def pretrain(cfg: Config, resume: str | None = None, overwrite: bool = False, progress: bool = True,
              init: str | None = None, timer: StepTimer | None = None) -> RunResult:
-    """Pre-train as ``cfg`` says; SIGTERM / SIGINT stop it after the current step with a checkpoint."""
-    with StopSignals() as signals:
-        return _pretrain(cfg, resume, overwrite, progress, init, timer, signals)
+    """Pre-train; under torchrun / srun (or ``train.distributed``) each process runs this with its shard.
+    SIGTERM / SIGINT stop it after the current step with a checkpoint."""
+    info = init_distributed(cfg.train, resolve_device(cfg.train.device))
+    try:
+        with StopSignals() as signals:
+            result = _pretrain(cfg, info, resume, overwrite, progress, init, timer, signals)
+    except BaseException:
+        cleanup(info)
+        raise
+    cleanup(info, wait=True)  # all ranks leave together: none tears down its links while rank 0 still works
+    return result
 
 
-def _pretrain(cfg: Config, resume: str | None, overwrite: bool, progress: bool, init: str | None,
-              timer: StepTimer | None, signals: StopSignals) -> RunResult:
+def _pretrain(cfg: Config, info: DistInfo, resume: str | None, overwrite: bool, progress: bool,
+              init: str | None, timer: StepTimer | None, signals: StopSignals) -> RunResult:
     t = cfg.train
-    out, resume_path, stale = prepare_output_dir(cfg, resume, overwrite)
+    main = info.is_main
+    out, resume_path, stale = broadcast_object(prepare_output_dir(cfg, resume, overwrite))  # rank 0's folder
+    barrier()  # every rank has checked the folder before rank 0 writes into it
     cfg.output_dir = str(out)
-    device = resolve_device(t.device)
+    device = info.device
     configure_backends(device, t.tf32)
     if timer is not None:
         timer.device = device
@@ -148,7 +166,7 @@ def _pretrain(cfg: Config, resume: str | None, overwrite: bool, progress: bool, 
 
     # data
     source = image_source(cfg)
-    loader = pretrain_loader(cfg, source, pin_memory=device.type == "cuda")
+    loader = pretrain_loader(cfg, source, info.rank, info.world_size, pin_memory=device.type == "cuda")
     sampler = loader.sampler
     steps_per_epoch = sampler.batches_per_epoch // t.accum_iter
     if steps_per_epoch == 0:
@@ -160,21 +178,33 @@ def _pretrain(cfg: Config, resume: str | None, overwrite: bool, progress: bool, 
 
     # model, optimiser, schedule
     model = build_model(cfg).to(device)
-    forward = maybe_compile(model, t.compile)  # checkpoints keep using ``model``
-    lr = effective_lr(t)
+    model.set_grad_checkpointing(t.activation_checkpointing)
+    ckpt = load_checkpoint(resume_path, map_location=device) if resume_path is not None else None
+    init_info = {}
+    if ckpt is not None:
+        try:
+            model.load_state_dict(ckpt["model"])
+        except (KeyError, RuntimeError) as e:  # weights only, or another model's
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise CheckpointError(f"checkpoint {resume_path} cannot resume this run ({type(e).__name__}: {first})") from None
+    elif init is not None:  # --init: weights only (any known format), fresh optimiser
+        from ..interop.load import init_from
+
+        init_info = init_from(model, init)
+    wrapped = wrap_model(model, info, t.precision)  # DDP wrapper, or FSDP shards ``model`` in place
+    forward = maybe_compile(wrapped, t.compile)  # checkpoints keep using ``model``
+    lr = effective_lr(t, info.world_size)
     opt = build_optimizer(model, t, lr)
     total_steps = t.max_steps or t.epochs * steps_per_epoch
     sched = build_scheduler(opt, t, lr, steps_per_epoch, total_steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
+    scaler = grad_scaler(info, enabled=t.precision == "fp16")
     mask_gen = torch.Generator(device).manual_seed(t.seed)
-    guard = NonFiniteGuard(t.max_bad_steps)
+    guard = NonFiniteGuard(t.max_bad_steps, reduce=any_rank)  # every rank skips the same steps
     epoch, batch_in_epoch, global_step = 0, 0, 0
 
-    if resume_path is not None:
-        ckpt = load_checkpoint(resume_path, map_location=device)
+    if ckpt is not None:
         try:
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
+            load_optimizer_state(model, opt, ckpt["optimizer"], info)
             sched.load_state_dict(ckpt["scheduler"])
             scaler.load_state_dict(ckpt["scaler"])
             set_rng_state(ckpt["rng"], mask_gen)
@@ -183,42 +213,49 @@ def _pretrain(cfg: Config, resume: str | None, overwrite: bool, progress: bool, 
             first = (str(e).strip().splitlines() or [""])[0][:200]
             raise CheckpointError(f"checkpoint {resume_path} cannot resume this run ({type(e).__name__}: {first})") from None
         guard.load_state_dict(ckpt.get("guard", {}))
-    init_info = {}
-    if init is not None and resume_path is None:  # --init: weights only (any known format), fresh optimiser
-        from ..interop.load import init_from
+        del ckpt
 
-        init_info = init_from(model, init)
-
-    for path in stale:  # --overwrite: the old run goes only now that the new one is ready
+    for path in stale if main else ():  # --overwrite: the old run goes only now that the new one is ready
         path.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_temporaries(out)  # half-written checkpoints of a killed run
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    log = JsonlLog(out / "log.jsonl")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_temporaries(out)  # half-written checkpoints of a killed run
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    log = JsonlLog(out / "log.jsonl") if main else _NoLog()
     if resume_path is None:
         log.write(type="start", lr=lr, steps_per_epoch=steps_per_epoch, images=len(source), data=str(source.root),
-                  params=sum(p.numel() for p in model.parameters() if p.requires_grad), **init_info)
+                  params=sum(p.numel() for p in model.parameters() if p.requires_grad), world_size=info.world_size,
+                  global_batch=t.batch_size * t.accum_iter * info.world_size, **init_info)
     else:
         log.write(type="resume", checkpoint=str(resume_path), global_step=global_step)
 
     last_good = resume_path if guard.consecutive == 0 else None  # newest checkpoint not inside a bad stretch
 
-    def save() -> Path:
+    def save() -> Path:  # every rank calls it; rank 0 writes (FSDP: all ranks gather, or write their shards)
         nonlocal last_good
         path = out / checkpoint_name(global_step)
-        save_atomic({
+        meta = {
             "format": FORMAT, "version": FORMAT_VERSION, "method": cfg.method, "config": cfg.to_dict(),
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "scaler": scaler.state_dict(), "rng": rng_state(mask_gen),
+            "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(mask_gen),
             "epoch": epoch, "batch_in_epoch": batch_in_epoch, "global_step": global_step,
             "guard": guard.state_dict(),
-        }, path)
-        prune_checkpoints(out, t.keep_last)  # only once the new checkpoint is complete
+        }
+        if info.mode == "fsdp" and t.fsdp_checkpoint == "sharded":
+            path = path.with_suffix(".dcp")
+            save_sharded(meta, model, opt, path, info)
+        else:
+            state = {"model": model_state(model, info), "optimizer": optimizer_state(model, opt, info)}
+            if main:
+                save_atomic({**meta, **state}, path)
+        if main:
+            prune_checkpoints(out, t.keep_last)  # only once the new checkpoint is complete
+        barrier()  # no rank runs ahead of (or exits before) rank 0's write
         if guard.consecutive == 0:
             last_good = path
         return path
 
-    bar = tqdm(total=total_steps, initial=global_step, unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=total_steps, initial=global_step, unit="step", disable=not (progress and main),
+               dynamic_ncols=True)
     model.train()
     if timer is not None:
         timer.begin()
@@ -233,8 +270,9 @@ def _pretrain(cfg: Config, resume: str | None, overwrite: bool, progress: bool, 
             skipped.update(dict.fromkeys(bad + undecodable))
             if batch_in_epoch % t.accum_iter == 0:  # a step begins: what to restore if it turns out bad
                 window_before, step_loss = window, 0
+            grad_sync(wrapped, (batch_in_epoch + 1) % t.accum_iter == 0)  # all-reduce on the last micro-batch only
             with autocast(device, t.precision):
-                step_out = forward(imgs, generator=mask_gen)
+                step_out = forward(imgs, **mask_args(model, imgs.shape[0], mask_gen, info))
             scaler.scale(step_out.loss / t.accum_iter).backward()
             step_loss = step_loss + step_out.loss.detach()
             for name, value in step_out.terms.items():
@@ -268,13 +306,14 @@ def _pretrain(cfg: Config, resume: str | None, overwrite: bool, progress: bool, 
             if timer is not None:
                 timer.end(imgs.shape[0] * t.accum_iter)
             bar.update(1)
-            stopped = bool(signals.received) or (t.stop_after_steps is not None and global_step >= t.stop_after_steps)
+            stopped = any_rank(bool(signals.received)) or (t.stop_after_steps is not None and global_step >= t.stop_after_steps)
             done = global_step >= total_steps
             logged = global_step % t.log_every == 0 or batch_in_epoch == sampler.batches_per_epoch or stopped or done
             if logged and window_steps:
-                terms = {k: v.item() / window_steps for k, v in window.items()}  # the one host sync per window
+                # the one host sync per window; the mean over ranks is the global batch's loss
+                terms = {k: all_reduce_mean(v).item() / window_steps for k, v in window.items()}
                 last_loss = terms["loss"]
-                speed = window_imgs / (time.perf_counter() - window_start)
+                speed = window_imgs * info.world_size / (time.perf_counter() - window_start)
                 current_lr = opt.param_groups[0]["lr"]
                 extra = {"bad_steps": window_bad} if window_bad else {}
                 log.write(type="train", step=global_step, epoch=epoch, **terms, lr=current_lr, img_per_s=speed, **extra)
@@ -306,10 +345,12 @@ def _pretrain(cfg: Config, resume: str | None, overwrite: bool, progress: bool, 
         log.write(type="signal", signal=stopped_by, step=global_step, checkpoint=str(last_ckpt))
 
     imgs = vis_batch(cfg, source, device)
-    if imgs is not None and global_step >= total_steps:  # a finished run gets its picture
+    if imgs is not None and global_step >= total_steps:  # a finished run gets its picture (from rank 0)
         scale = max(1, 128 // max(cfg.model.image_size))
-        save_reconstruction(out / "reconstruction.png", model, imgs, cfg.data.mean, cfg.data.std, seed=t.seed,
-                            scale=scale)
+        shown = plain_model(model, cfg, info)  # FSDP: gathered into a fresh model on rank 0; all ranks call
+        if main:
+            save_reconstruction(out / "reconstruction.png", shown, imgs, cfg.data.mean, cfg.data.std, seed=t.seed,
+                                scale=scale)
     report = None
     if timer is not None:
         report = timer.report(cfg, model, torch.zeros(2, cfg.model.in_chans, *cfg.model.image_size, device=device))

@@ -181,6 +181,11 @@ def read_checkpoint(path: str | Path, num_heads: int | None = None, decoder_num_
     if path.is_dir():
         if (path / "config.json").is_file():
             return _read_hf_folder(path)
+        from ..engine.sharded import is_sharded, load_sharded
+
+        if is_sharded(path):  # a sharded FSDP checkpoint, gathered here
+            obj = load_sharded(path)
+            return Loaded(str(path), "emae", config_from_dict(obj["config"]), dict(obj["model"]))
         raise CheckpointError(f"{path} is a folder without config.json; expected {KNOWN}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")

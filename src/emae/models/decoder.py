@@ -10,7 +10,7 @@ from torch import nn
 
 from .init import init_mae_weights
 from .pos_embed import sincos_2d
-from .vit import LayerNorm, transformer_blocks
+from .vit import LayerNorm, run_blocks, transformer_blocks
 
 
 class MAEDecoder(nn.Module):
@@ -33,6 +33,7 @@ class MAEDecoder(nn.Module):
         self.blocks = transformer_blocks(embed_dim, depth, num_heads, mlp_ratio)
         self.norm = LayerNorm(embed_dim)
         self.pred = nn.Linear(embed_dim, out_dim)
+        self.grad_checkpointing = False  # activation checkpointing of the blocks
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -48,6 +49,5 @@ class MAEDecoder(nn.Module):
         tokens = torch.cat([x[:, 1:], self.mask_token.expand(n, length + 1 - x.shape[1], -1)], dim=1)
         tokens = torch.gather(tokens, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         x = torch.cat([x[:, :1], tokens], dim=1) + self.pos_embed
-        for blk in self.blocks:
-            x = blk(x)
+        x = run_blocks(self.blocks, x, self.grad_checkpointing)
         return self.pred(self.norm(x))[:, 1:]

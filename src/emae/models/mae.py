@@ -49,6 +49,10 @@ class MaskedAutoencoder(nn.Module):
     def patch_size(self) -> int:
         return self.encoder.patch_size
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing of every encoder and decoder block (recomputed in backward)."""
+        self.encoder.grad_checkpointing = self.decoder.grad_checkpointing = enable
+
     def no_weight_decay(self) -> set[str]:
         return {"encoder.cls_token", "encoder.pos_embed", "decoder.mask_token", "decoder.pos_embed"}
 

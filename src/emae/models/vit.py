@@ -12,6 +12,7 @@ import torch
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .init import init_mae_weights, init_patch_embed
 from .pos_embed import sincos_2d
@@ -34,6 +35,18 @@ def transformer_blocks(dim: int, depth: int, num_heads: int, mlp_ratio: float, d
     return nn.ModuleList(
         Block(dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=LayerNorm, drop_path=r) for r in rates
     )
+
+
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, checkpointing: bool = False) -> torch.Tensor:
+    """The blocks in turn; with ``checkpointing`` (and gradients on) each block's activations are recomputed in
+    backward instead of kept (same numbers, less memory)."""
+    if not (checkpointing and torch.is_grad_enabled()):
+        for blk in blocks:
+            x = blk(x)
+        return x
+    for blk in blocks:
+        x = checkpoint(blk, x, use_reentrant=False)
+    return x
 
 
 def gather_tokens(x: torch.Tensor, ids: torch.Tensor, parts: int = 1) -> torch.Tensor:
@@ -69,6 +82,7 @@ class ViTEncoder(nn.Module):
         self.pos_embed = nn.Parameter(sincos_2d(embed_dim, self.grid), requires_grad=False)
         self.blocks = transformer_blocks(embed_dim, depth, num_heads, mlp_ratio, drop_path)
         self.norm = LayerNorm(embed_dim)
+        self.grad_checkpointing = False  # activation checkpointing of the blocks (train.activation_checkpointing)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -93,9 +107,7 @@ class ViTEncoder(nn.Module):
             x = gather_tokens(x, ids_keep, parts)
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)
-        for blk in self.blocks:
-            x = blk(x)
-        return self.norm(x)
+        return self.norm(run_blocks(self.blocks, x, self.grad_checkpointing))
 
     def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
         """All tokens, no masking: (B, 1 + L, D)."""
