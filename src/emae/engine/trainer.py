@@ -281,12 +281,13 @@ def _pretrain(cfg: Config, info: DistInfo, resume: str | None, overwrite: bool, 
             batch_in_epoch += 1
             if batch_in_epoch % t.accum_iter:
                 continue
-            if scaler.is_enabled():
-                scaler.unscale_(opt)  # the guard checks the true gradients
+            # fp16: scaled gradients are finite exactly when the true ones are, so the check needs no unscale
             skip = guard.is_bad(step_loss, model.parameters())
             if not skip:
-                scaler.step(opt)
-            scaler.update()  # fp16: a skipped step lowers the loss scale, as GradScaler's own skip does
+                scaler.step(opt)  # unscales inside (fused AdamW: in its kernel)
+            elif scaler.is_enabled():
+                scaler.unscale_(opt)  # records the overflow, so update() lowers the scale as GradScaler's own skip does
+            scaler.update()
             opt.zero_grad(set_to_none=True)
             with warnings.catch_warnings():  # a skipped first step makes PyTorch warn about the call order
                 warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
