@@ -28,8 +28,9 @@ def compact_grid(grid: tuple[int, int]) -> tuple[int, int]:
 
 
 def pack(x: torch.Tensor, mask: Mask, grid: tuple[int, int]) -> torch.Tensor:
-    """Tokens (N // parts, L, D) in image order -> (N, gh/2, gw/2, D) compact grid of the kept ones."""
-    return gather_tokens(x, mask.ids_keep, mask.parts).unflatten(1, compact_grid(grid))
+    """Tokens (N // parts or N, L, D) in image order -> (N, gh/2, gw/2, D) compact grid of the kept ones."""
+    parts = 1 if x.shape[0] == mask.ids_keep.shape[0] else mask.parts  # per image, or already per sequence
+    return gather_tokens(x, mask.ids_keep, parts).unflatten(1, compact_grid(grid))
 
 
 def unpack(compact: torch.Tensor, mask: Mask, grid: tuple[int, int]) -> torch.Tensor:

@@ -6,9 +6,10 @@ tokens, read in that order, form the dense (gh/2, gw/2) grid a pyramid encoder r
 same tokens in the same order. The ratio is always 0.75.
 
 - :func:`uniform_mask` (Uniform Sampling): per image, a shuffled pool that holds each of the 4 positions
-  equally often (as the reference does; with cells % 4 != 0 the counts differ by at most one) picks the kept
-  position of every cell. Noise (batch, L): the first L/4 values shuffle the pool, the next L/4 pick the
-  secondary-masked cells, so the same noise gives the same mask.
+  equally often (as the reference does; with cells % 4 != 0 the counts differ by at most one, and which positions
+  get the extra is random) picks the kept position of every cell. Noise (batch, L): the first L/4 values shuffle
+  the pool, the next L/4 pick the secondary-masked cells, the next one the leftover positions, so the same noise
+  gives the same mask.
 - :func:`parallel_uniform_mask`: in each cell a random permutation of the 4 positions gives one position to each
   of K = 4 parts (EMAE's parallel masks on a uniform grid): every part is a uniform sample, the parts are disjoint
   and cover every token. Noise (batch, L): one value per token, argsorted within each cell. Secondary masking of
@@ -83,8 +84,10 @@ def uniform_mask(
     length = grid[0] * grid[1]
     cells = length // 4
     noise = draw_noise(batch, length, noise, generator, device)
-    pool = torch.arange(cells, device=noise.device) % 4  # each position equally often
-    position = pool[torch.argsort(noise[:, :cells], dim=1)]  # (B, cells): shuffled pool
+    # each position equally often; a random offset decides which positions get the cells % 4 left over
+    offset = (noise[:, 2 * cells: 2 * cells + 1] * 4).long().clamp(max=3)
+    pool = (torch.arange(cells, device=noise.device) + offset) % 4  # (B, cells)
+    position = pool.gather(1, torch.argsort(noise[:, :cells], dim=1))  # shuffled pool
     table = cell_tokens(grid, noise.device)
     ids_keep = table[torch.arange(cells, device=noise.device), position]  # (B, cells)
     return mask_from_kept(ids_keep, length, 1, secondary_from_noise(noise[:, cells: 2 * cells], secondary_ratio))

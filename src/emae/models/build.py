@@ -59,9 +59,11 @@ def check_pyramid(cfg: Config) -> None:
             raise ConfigError(f"model.embed_dim: stage width {d} is not divisible by its heads {h} (model.num_heads)")
     grid = (m.image_size[0] // m.patch_size, m.image_size[1] // m.patch_size)
     compact = cfg.method == "umae"
-    if not compact and (grid[0] % 2 or grid[1] % 2):
-        raise ConfigError(f"model.img_size: the token grid {grid[0]}x{grid[1]} is not divisible by 2, which the "
-                          f"SimMIM head needs (the last stage has stride 2 x model.patch_size)")
+    base = (grid[0] // 2, grid[1] // 2) if compact else grid
+    if base[0] % 2 or base[1] % 2 or min(base) < 2:
+        what = "compact grid (half the token grid)" if compact else "token grid"
+        raise ConfigError(f"model.img_size: {m.image_size[0]}x{m.image_size[1]} gives a {what} of {base[0]}x{base[1]}; "
+                          f"the last stage (stride 2 x model.patch_size on it) needs both sides even")
     grids = stage_grids(grid, compact)
     if m.arch in SWIN_SIZES:
         stage_windows(grids, m.window_size)

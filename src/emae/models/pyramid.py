@@ -50,6 +50,13 @@ def pool_coords(coords: torch.Tensor, k: int) -> torch.Tensor:
     return F.avg_pool2d(coords.permute(0, 3, 1, 2), k).permute(0, 2, 3, 1)
 
 
+def stem_coords(coords: torch.Tensor, u: int) -> torch.Tensor:
+    """Mask-token coordinates (B, h, w, 2) -> stem-token coordinates (B, h u, w u, 2): every mask token covers
+    u x u stem tokens, at its true position times u plus their offset inside the patch."""
+    offset = grid_coords(1, u, u, coords.device).repeat(1, coords.shape[1], coords.shape[2], 1)
+    return coords.repeat_interleave(u, 1).repeat_interleave(u, 2) * u + offset
+
+
 def stem_stride(patch_size: int) -> int:
     if patch_size % 4:
         raise ConfigError(f"model.patch_size: {patch_size} is not allowed for a pyramid encoder; it must be a multiple "
@@ -96,11 +103,7 @@ class PyramidEncoder(nn.Module):
         tokens = self.stem(x)  # (N, h, w, D)
         u = self.patch_size // self.stride  # stem tokens per mask token side
         n, h, w, _ = tokens.shape
-        if coords is None:
-            coords = grid_coords(n, h, w, x.device)
-        else:  # mask-token coordinates -> stem-token coordinates (true position + offset inside the patch)
-            offset = grid_coords(1, u, u, x.device).repeat(1, h // u, w // u, 1)
-            coords = coords.repeat_interleave(u, 1).repeat_interleave(u, 2) * u + offset
+        coords = grid_coords(n, h, w, x.device) if coords is None else stem_coords(coords, u)
         if hidden is not None:
             hide = hidden.repeat_interleave(u, 1).repeat_interleave(u, 2).unsqueeze(-1).bool()
             tokens = torch.where(hide, self.mask_token.to(tokens.dtype), tokens)

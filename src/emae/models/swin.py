@@ -91,6 +91,7 @@ class SwinEncoder(PyramidEncoder):
                  depths: tuple[int, ...] = (2, 2, 6, 2), num_heads: int = 3, window_size: int = 8,
                  mlp_ratio: float = 4.0, drop_path: float = 0.0, compact: bool = True) -> None:
         super().__init__(img_size, patch_size, in_chans, embed_dim, compact)
+        self.window_size = window_size
         self.stem = PatchEmbed(None, self.stride, in_chans, embed_dim, norm_layer=nn.LayerNorm, output_fmt="NHWC",
                                strict_img_size=False)
         grids = stage_grids(self.grid, compact)
