@@ -24,7 +24,7 @@ from emae.patches import patchify
 from helpers import tiny_config, write_images
 
 # tiny pyramids: 32 px, mask token 4 (stem stride 1), widths 16..128, one block per stage, window 2
-PYR = ["model.img_size=32", "model.patch_size=4", "model.embed_dim=16", "model.depths=[1,1,1,1]",
+PYR = ["model.depth=null", "model.img_size=32", "model.patch_size=4", "model.embed_dim=16", "model.depths=[1,1,1,1]",
        "model.num_heads=1", "model.window_size=2", "model.decoder_embed_dim=32", "model.decoder_depth=1",
        "model.decoder_num_heads=2"]
 UMAE = ["method=umae", "mask.type=uniform"]
@@ -268,6 +268,20 @@ def test_finetune_pvt_changes_only_the_reduction_layers(tmp_path):
     assert clf(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
+def test_finetune_layer_decay_runs_through_the_stages(tmp_path):
+    from emae.eval.finetune import FinetuneOptions, optimizer
+
+    save_checkpoint(tmp_path / "ck.pt", *UMAE, *PYR, "model.arch=swin_t")
+    clf = pyramid_classifier(read_checkpoint(tmp_path / "ck.pt"), 10)
+    opt = optimizer(clf, 1e-3, FinetuneOptions(layer_decay=0.5))
+    scale = {n: g["lr_scale"] for g in opt.param_groups for n, p in clf.named_parameters()
+             if any(p is q for q in g["params"])}
+    assert scale["head.weight"] == 1.0 and scale["encoder.stem.proj.weight"] == min(scale.values())
+    order = [scale[f"encoder.stages.{i}.blocks.0.attn.qkv.weight"] for i in range(4)]
+    assert order == sorted(order) and len(set(order)) == 4
+    assert order[0] < scale["encoder.stages.1.downsample.reduction.weight"] <= order[1]  # with its first block, as timm
+
+
 @pytest.mark.slow
 def test_pretrain_and_finetune_cli_end_to_end(tmp_path):
     from emae.cli.main import main
@@ -301,6 +315,9 @@ def test_pretrain_and_finetune_cli_end_to_end(tmp_path):
     (["method=simmim", "mask.type=random"], "model.arch"),
     ([*PYR, "model.arch=swin_t"], "model.arch"),  # method mae
     (["method=umae", "mask.type=random"], "mask.type"),
+    ([*UMAE, *PYR, "model.arch=swin_t", "model.depth=2"], "model.depth"),
+    ([*UMAE, *PYR, "model.arch=swin_t", "model.sr_ratios=[4,2,1,1]"], "model.sr_ratios"),
+    ([*UMAE, "model.depths=[1,1,1,1]"], "model.depths"),  # a ViT
     (["method=mae", "mask.type=uniform"], "mask.type"),
 ])
 def test_clear_errors(overrides, key):

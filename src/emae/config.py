@@ -307,13 +307,16 @@ def validate(cfg: Config) -> None:
         num_parts(k.ratio)
     if k.type in UNIFORM_MASKS:
         check_uniform((h // m.patch_size, w // m.patch_size), k.ratio, k.secondary_ratio)
+    _require(m.window_size > 0, "model.window_size", m.window_size, "must be a positive integer")
     pyramid = m.arch in PYRAMID_ARCHS
     if pyramid:
         _require(cfg.method in ("umae", "simmim"), "model.arch", m.arch, "pyramid encoders need method umae or simmim")
         check_pyramid(cfg)
-    elif cfg.method == "simmim":
+    else:
+        _require(m.depths is None, "model.depths", m.depths, "is for pyramid encoders; a ViT takes model.depth")
+        _require(m.sr_ratios is None, "model.sr_ratios", m.sr_ratios, "is for PVT encoders")
+    if cfg.method == "simmim" and not pyramid:
         _require(False, "model.arch", m.arch, f"method simmim needs a pyramid encoder, one of {sorted(PYRAMID_ARCHS)}")
-    _require(m.window_size > 0, "model.window_size", m.window_size, "must be a positive integer")
     c = cfg.consistency
     _require(c.weight >= 0, "consistency.weight", c.weight, "must be >= 0")
     _require(c.distance in DISTANCES, "consistency.distance", c.distance, f"choose one of {list(DISTANCES)}")

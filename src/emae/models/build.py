@@ -51,6 +51,10 @@ def check_pyramid(cfg: Config) -> None:
     """The pyramid settings that must agree with the image and token grids (one-line ConfigErrors)."""
     m = cfg.model
     stem_stride(m.patch_size)
+    if m.depth is not None:
+        raise ConfigError(f"model.depth: {m.depth} is for ViTs; a pyramid encoder takes model.depths (4 stages)")
+    if m.sr_ratios is not None and m.arch not in PVT_SIZES:
+        raise ConfigError(f"model.sr_ratios: {m.sr_ratios} is for PVT encoders, not {m.arch}")
     dims, depths, heads = pyramid_dims(m)
     if len(depths) != 4 or min(depths) < 1:
         raise ConfigError(f"model.depths: {m.depths!r} is not allowed; give 4 positive block counts, one per stage")
