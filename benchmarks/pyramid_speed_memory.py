@@ -7,6 +7,8 @@ A step is forward + backward + AdamW, fp32.
 
 - Time: in this process, after warm-up steps, the two alternate step by step (order flipped every step); the
   ratio is the median over back-to-back pairs of SimMIM step time / UM-MAE step time.
+- FLOPs: forward GFLOPs per image of each model, counted by PyTorch's FlopCounterMode on one forward pass
+  (matmuls and convolutions; independent of the machine's load), and their ratio.
 - Memory: a fresh child process per method holds only that model: on CUDA ``torch.cuda.max_memory_allocated``;
   on CPU the peak resident set (VmHWM, reset through /proc/self/clear_refs after the model and optimiser are
   built, so the growth covers the steps: activations, gradients, AdamW state). The ratio is SimMIM / UM-MAE,
@@ -35,11 +37,15 @@ RECIPES = {256: ("umae_swin_t_p16_in1k_256", "simmim_swin_t_p16_in1k_256"),
 METHODS = ("umae", "simmim")
 
 
+def make_model(method: str, size: int, device: torch.device) -> torch.nn.Module:
+    torch.manual_seed(0)
+    recipe = RECIPES[size][METHODS.index(method)]
+    return emae.build_model(load_config(recipe, ["train.precision=fp32"])).to(device).train()
+
+
 def build(method: str, size: int, device: torch.device, batch: int):
     """A step function for one method: forward + backward + AdamW on fixed images and masks."""
-    recipe = RECIPES[size][METHODS.index(method)]
-    torch.manual_seed(0)
-    model = emae.build_model(load_config(recipe, ["train.precision=fp32"])).to(device).train()
+    model = make_model(method, size, device)
     opt = torch.optim.AdamW(model.parameters(), lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05)
     imgs = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     gen = torch.Generator(device).manual_seed(0)
@@ -108,6 +114,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"torch {torch.__version__}, emae {emae.__version__}; {name}; fp32; Swin-T at {args.size} px, batch "
           f"{args.batch}; recipes {' vs '.join(RECIPES[args.size])}; {args.warmup} warm-up + {args.steps} timed "
           f"steps each, alternating", flush=True)
+    from emae.engine.flops import counted_forward_flops
+
+    flops = {m: counted_forward_flops(make_model(m, args.size, device), torch.zeros(1, 3, args.size, args.size,
+                                                                                   device=device)) / 1e9
+             for m in METHODS}
+    print(f"forward GFLOPs / image: umae {flops['umae']:.2f}, simmim {flops['simmim']:.2f}; ratio simmim / umae "
+          f"{flops['simmim'] / flops['umae']:.2f}", flush=True)
     steps = {m: build(m, args.size, device, args.batch) for m in METHODS}
     for m in METHODS:
         for _ in range(args.warmup):
