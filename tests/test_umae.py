@@ -198,7 +198,7 @@ def test_secondary_tokens_are_not_seen_and_give_no_gradient(arch):
 
 
 def test_parallel_uniform_gives_consistency_on_pyramids_and_vit():
-    for over in (["model.embed_dim=32", "model.depth=1"], [*PYR, "model.arch=pvt_v2_b0"]):
+    for over in (["model.embed_dim=32", "model.depth=1"], [*PYR, "model.arch=pvt_v2_b0"], [*PYR, "model.arch=swin_t"]):
         model = model_for("method=umae", "mask.type=parallel_uniform", *over)
         out = model(torch.randn(2, 3, *model.encoder.img_size), generator=torch.Generator().manual_seed(0))
         assert out.mask.parts == 4 and out.pred.shape[0] == 8

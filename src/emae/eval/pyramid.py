@@ -23,7 +23,7 @@ from torch import nn
 from ..errors import CheckpointError
 from ..interop.load import Loaded
 from ..models import PYRAMID_ARCHS, build_pyramid
-from ..models.pvt import FULL_SR, PVT_SIZES
+from ..models.pvt import FULL_SR
 from ..models.pyramid import PyramidEncoder
 
 
@@ -109,5 +109,5 @@ def pyramid_classifier(loaded: Loaded, num_classes: int, drop_path: float = 0.0,
     return model
 
 
-__all__ = ["PVT_SIZES", "PyramidClassifier", "finetune_encoder", "is_pyramid", "load_pyramid_encoder",
+__all__ = ["PyramidClassifier", "finetune_encoder", "is_pyramid", "load_pyramid_encoder",
            "pyramid_classifier"]
