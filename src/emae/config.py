@@ -301,8 +301,11 @@ def validate(cfg: Config) -> None:
     _require(k.type in MASKS, "mask.type", k.type, f"choose one of {sorted(MASKS)}")
     _require(0.0 < k.ratio < 1.0, "mask.ratio", k.ratio, "must be in (0, 1)")
     allowed = {"mae": {"random"}, "emae": {"parallel"}, "umae": UNIFORM_MASKS, "simmim": {"random", "uniform"}}
-    _require(k.type in allowed[cfg.method], "mask.type", k.type,
-             f"method {cfg.method} takes {sorted(allowed[cfg.method])}")
+    if k.type not in allowed[cfg.method]:
+        owners = [name for name, types in allowed.items() if k.type in types]
+        hint = (f"{k.type} masks need method: {' or '.join(owners)}" if cfg.method == "mae" and owners
+                else f"method {cfg.method} needs one of {sorted(allowed[cfg.method])}")
+        _require(False, "mask.type", k.type, hint)
     if k.type in PARALLEL_MASKS:
         num_parts(k.ratio)
     if k.type in UNIFORM_MASKS:
