@@ -27,10 +27,13 @@ RECIPES_DIR = Path(__file__).parent / "configs"
 
 @dataclass
 class ModelConfig:
-    arch: str = "vit_tiny"  # named encoder size: vit_tiny | vit_small | vit_base | vit_large | vit_huge
-    embed_dim: int | None = None  # override the named size's width ...
-    depth: int | None = None  # ... depth ...
-    num_heads: int | None = None  # ... and heads
+    arch: str = "vit_tiny"  # vit_tiny/small/base/large/huge; pyramids (umae, simmim): swin_t/s/b/l, pvt_v2_b0/b1/s/b2
+    embed_dim: int | None = None  # override the named size's width (pyramids: stage 1's; later stages scale) ...
+    depth: int | None = None  # ... depth (ViT) ...
+    num_heads: int | None = None  # ... and heads (pyramids: stage 1's; later stages scale)
+    depths: list[int] | None = None  # pyramids: blocks per stage (4 values), overrides the named size
+    window_size: int = 8  # Swin: window on the pre-training grid (UM-MAE: 8 on the compact grid; 16 when fine-tuning)
+    sr_ratios: list[int] | None = None  # PVT: spatial reduction per stage; null: [4,2,1,1] for umae, [8,4,2,1] simmim
     img_size: int | list[int] = 32  # side, or [height, width]
     patch_size: int = 4
     in_chans: int = 3
@@ -48,8 +51,9 @@ class ModelConfig:
 
 @dataclass
 class MaskConfig:
-    type: str = "random"
+    type: str = "random"  # random | parallel (emae) | uniform | parallel_uniform (umae)
     ratio: float = 0.75
+    secondary_ratio: float = 0.25  # uniform masks: share of the kept tokens replaced by a mask token (UM-MAE's SM)
 
 
 @dataclass
@@ -118,7 +122,9 @@ class Config:
         return dataclasses.asdict(self)
 
 
-METHODS = ("mae", "emae")  # emae: a parallel mask (K parts per image) + self-consistency
+METHODS = ("mae", "emae", "umae", "simmim")
+# emae: a parallel mask (K parts per image) + self-consistency; umae: uniform masks (ViT, Swin, PVT);
+# simmim: a pyramid encoder on all tokens with mask tokens (UM-MAE's baseline)
 PRECISIONS = ("fp32", "bf16", "fp16")
 DISTRIBUTED = ("auto", "none", "ddp", "fsdp")
 DIST_BACKENDS = ("auto", "nccl", "gloo")
@@ -310,13 +316,14 @@ def _check_leaves(obj: Any, prefix: str = "") -> None:
 def validate(cfg: Config) -> None:
     """Check every value's range and the combinations that must agree."""
     from .losses import DISTANCES
-    from .masks import MASKS, PARALLEL_MASKS, num_parts
-    from .models.vit import VIT_SIZES
+    from .masks import MASKS, PARALLEL_MASKS, UNIFORM_MASKS, num_parts
+    from .models.build import ARCHS, PYRAMID_ARCHS, check_pyramid
+    from .masks.uniform import check_uniform
 
     m, k, d, t = cfg.model, cfg.mask, cfg.data, cfg.train
     _check_leaves(cfg)
     _require(cfg.method in METHODS, "method", cfg.method, f"choose one of {list(METHODS)}")
-    _require(m.arch in VIT_SIZES, "model.arch", m.arch, f"choose one of {sorted(VIT_SIZES)}")
+    _require(m.arch in ARCHS, "model.arch", m.arch, f"choose one of {sorted(ARCHS)}")
     for key in ("embed_dim", "depth", "num_heads"):
         v = getattr(m, key)
         _require(v is None or v > 0, f"model.{key}", v, "must be a positive integer or null")
@@ -338,12 +345,26 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.img_size: {h}x{w} is not divisible by model.patch_size {m.patch_size}")
     _require(k.type in MASKS, "mask.type", k.type, f"choose one of {sorted(MASKS)}")
     _require(0.0 < k.ratio < 1.0, "mask.ratio", k.ratio, "must be in (0, 1)")
-    if cfg.method == "emae":
-        _require(k.type in PARALLEL_MASKS, "mask.type", k.type, f"method emae needs one of {sorted(PARALLEL_MASKS)}")
-    else:
-        _require(k.type not in PARALLEL_MASKS, "mask.type", k.type, "parallel masks need method: emae")
+    allowed = {"mae": {"random"}, "emae": {"parallel"}, "umae": UNIFORM_MASKS, "simmim": {"random", "uniform"}}
+    if k.type not in allowed[cfg.method]:
+        owners = [name for name, types in allowed.items() if k.type in types]
+        hint = (f"{k.type} masks need method: {' or '.join(owners)}" if cfg.method == "mae" and owners
+                else f"method {cfg.method} needs one of {sorted(allowed[cfg.method])}")
+        _require(False, "mask.type", k.type, hint)
     if k.type in PARALLEL_MASKS:
         num_parts(k.ratio)
+    if k.type in UNIFORM_MASKS:
+        check_uniform((h // m.patch_size, w // m.patch_size), k.ratio, k.secondary_ratio)
+    _require(m.window_size > 0, "model.window_size", m.window_size, "must be a positive integer")
+    pyramid = m.arch in PYRAMID_ARCHS
+    if pyramid:
+        _require(cfg.method in ("umae", "simmim"), "model.arch", m.arch, "pyramid encoders need method umae or simmim")
+        check_pyramid(cfg)
+    else:
+        _require(m.depths is None, "model.depths", m.depths, "is for pyramid encoders; a ViT takes model.depth")
+        _require(m.sr_ratios is None, "model.sr_ratios", m.sr_ratios, "is for PVT encoders")
+    if cfg.method == "simmim" and not pyramid:
+        _require(False, "model.arch", m.arch, f"method simmim needs a pyramid encoder, one of {sorted(PYRAMID_ARCHS)}")
     c = cfg.consistency
     _require(c.weight >= 0, "consistency.weight", c.weight, "must be >= 0")
     _require(c.distance in DISTANCES, "consistency.distance", c.distance, f"choose one of {list(DISTANCES)}")

@@ -26,7 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="start over in an --output folder that holds a run")
     p.add_argument("--init", metavar="PATH", help="start from these weights (emae, official MAE full or encoder-only "
                    ".pth, timm, safetensors, Hugging Face); fresh optimiser and schedule")
-    p.add_argument("--method", choices=["mae", "emae"], help="mae (default), or emae (sets mask.type=parallel)")
+    p.add_argument("--method", choices=["mae", "emae", "umae", "simmim"],
+                   help="mae (default); emae (sets mask.type=parallel); umae (uniform); simmim (random, pyramid arch)")
     p.add_argument("--benchmark", type=int, metavar="N",
                    help="time N steps of the real loop after a short warm-up (nothing is kept): img/s, step-time "
                         "percentiles, data-wait share, peak memory, TFLOP/s and, on a known GPU, MFU")
@@ -39,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     flags = {"data.path": args.data, "output_dir": args.output, "method": args.method}
     if args.method:
-        flags["mask.type"] = "parallel" if args.method == "emae" else "random"
+        flags["mask.type"] = {"emae": "parallel", "umae": "uniform"}.get(args.method, "random")
     base = None
     if args.resume not in (None, "auto") and not args.config:
         base = load_checkpoint(args.resume)["config"]  # continue the run as it was configured ...

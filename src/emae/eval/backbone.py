@@ -17,7 +17,7 @@ from ..config import ModelConfig
 from ..errors import CheckpointError
 from ..interop.load import Loaded
 from ..interop.official import encoder_state
-from ..models import encoder_dims
+from ..models import VIT_SIZES, encoder_dims
 
 
 class ViT(VisionTransformer):
@@ -44,6 +44,9 @@ def build_vit(loaded: Loaded, num_classes: int = 0, global_pool: str = "token", 
     ``fc_norm`` None follows timm: a new LayerNorm after average pooling, replacing the final norm (MAE's
     fine-tuning); a checkpoint that already has ``fc_norm`` keeps it. ``keep_head`` loads the checkpoint's head.
     """
+    if loaded.config.model.arch not in VIT_SIZES:
+        raise CheckpointError(f"{loaded.path} holds a {loaded.config.model.arch} encoder; frozen-feature evaluation "
+                              f"(linprobe, knn) supports ViTs only; fine-tune it with `emae finetune`")
     if fc_norm is None and "fc_norm.weight" in loaded.extras:
         fc_norm = True
     kwargs = vit_kwargs(loaded.config.model, img_size)

@@ -30,6 +30,7 @@ from ..engine.trainer import autocast, resolve_device, seed_everything
 from ..errors import CheckpointError, ConfigError, DataError, EmaeError
 from ..interop.load import CLASSIFIER_FORMAT, Loaded
 from .backbone import build_vit
+from .pyramid import is_pyramid, pyramid_classifier
 from .common import EvalOptions, eval_tf, image_size, norm_stats, warmup_cosine_scheduler, write_metrics
 from .data import loader
 from .knn import classification_metrics
@@ -63,8 +64,15 @@ def classifier(loaded: Loaded, num_classes: int, ft: FinetuneOptions, img_size) 
     if has_head and not ft.new_head and loaded.num_classes != num_classes:
         raise CheckpointError(f"{loaded.path} has a classifier head for {loaded.num_classes} classes but the data has "
                               f"{num_classes} class folders; pass --new-head to replace it")
-    pool = {"avg": "avg", "cls": "token"}[ft.pool]
     keep = has_head and not ft.new_head
+    if is_pyramid(loaded):
+        if ft.pool != "avg":
+            raise ConfigError(f"--pool {ft.pool}: pyramid encoders have no cls token; use --pool avg")
+        model = pyramid_classifier(loaded, num_classes, ft.drop_path, img_size, keep)
+        nn.init.trunc_normal_(model.head.weight, std=2e-5)
+        nn.init.zeros_(model.head.bias)
+        return model
+    pool = {"avg": "avg", "cls": "token"}[ft.pool]
     vit = build_vit(loaded, num_classes, pool, drop_path=ft.drop_path, img_size=img_size, keep_head=keep)
     if not keep:
         nn.init.trunc_normal_(vit.head.weight, std=2e-5)

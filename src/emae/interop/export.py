@@ -101,6 +101,9 @@ def export_safetensors(loaded: Loaded, output: str | Path, decoder: bool = False
 
 
 def export(loaded: Loaded, to: str, output: str | Path, decoder: bool = False) -> Path:
+    if not loaded.config.model.arch.startswith("vit"):
+        raise ConfigError(f"{loaded.path}: export supports ViT checkpoints; {loaded.config.model.arch} (UM-MAE / SimMIM "
+                          f"pyramid) checkpoints are used as they are by `emae finetune`")
     if to == "timm":
         return export_timm(loaded, output)
     if to == "hf":

@@ -11,14 +11,18 @@ from collections.abc import Callable
 from .base import Mask, check_ratio, draw_noise
 from .parallel import num_parts, parallel_mask
 from .random import random_mask
+from .uniform import UNIFORM_RATIO, parallel_uniform_mask, uniform_mask
 
 MaskFn = Callable[..., Mask]
 
 MASKS: dict[str, MaskFn] = {
     "random": random_mask,
     "parallel": parallel_mask,  # EMAE: K disjoint parts per image
+    "uniform": uniform_mask,  # UM-MAE: one kept token per 2x2 cell + secondary masking
+    "parallel_uniform": parallel_uniform_mask,  # 4 disjoint uniform parts per image
 }
-PARALLEL_MASKS = {"parallel"}
+PARALLEL_MASKS = {"parallel", "parallel_uniform"}
+UNIFORM_MASKS = {"uniform", "parallel_uniform"}  # take ``secondary_ratio``; ratio 0.75 only
 
 
 def get_mask_fn(name: str) -> MaskFn:
@@ -29,4 +33,4 @@ def get_mask_fn(name: str) -> MaskFn:
     return MASKS[name]
 
 
-__all__ = ["MASKS", "PARALLEL_MASKS", "num_parts", "parallel_mask", "Mask", "MaskFn", "check_ratio", "draw_noise", "get_mask_fn", "random_mask"]
+__all__ = ["MASKS", "PARALLEL_MASKS", "UNIFORM_MASKS", "UNIFORM_RATIO", "parallel_uniform_mask", "uniform_mask", "num_parts", "parallel_mask", "Mask", "MaskFn", "check_ratio", "draw_noise", "get_mask_fn", "random_mask"]

@@ -20,12 +20,15 @@ class Mask:
     - ``mask``        (N, L) float: 1 for removed patches, 0 for kept, in image order.
     - ``ids_restore`` (N, L) long: inverse permutation; ``gather(shuffled, ids_restore)`` gives image order.
     - ``parts``       how many consecutive sequences belong to one image (1 for MAE).
+    - ``secondary``   (N, L_keep) float or None: 1 where a kept token is secondarily masked (UM-MAE's SM: the
+      encoder sees a learnable token there; the token stays out of the loss, since ``mask`` is 0 for it).
     """
 
     ids_keep: torch.Tensor
     mask: torch.Tensor
     ids_restore: torch.Tensor
     parts: int = 1
+    secondary: torch.Tensor | None = None
 
     @property
     def num_keep(self) -> int:

@@ -44,7 +44,10 @@ class MAEDecoder(nn.Module):
 
     def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """latent (N, 1 + kept, De) with cls first; returns per-patch predictions (N, L, out_dim) in image order."""
-        x = self.embed(latent)
+        return self.decode(self.embed(latent), ids_restore)
+
+    def decode(self, x: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """x (N, 1 + kept, D) embedded tokens, the kept ones in ``ids_keep`` order -> (N, L, out_dim)."""
         n, length = ids_restore.shape
         tokens = torch.cat([x[:, 1:], self.mask_token.expand(n, length + 1 - x.shape[1], -1)], dim=1)
         tokens = torch.gather(tokens, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[-1]))

@@ -54,10 +54,10 @@ class MaskedAutoencoder(nn.Module):
         self.encoder.grad_checkpointing = self.decoder.grad_checkpointing = enable
 
     def no_weight_decay(self) -> set[str]:
-        return {"encoder.cls_token", "encoder.pos_embed", "decoder.mask_token", "decoder.pos_embed"}
+        return {"encoder.cls_token", "encoder.pos_embed", "encoder.mask_token", "decoder.mask_token", "decoder.pos_embed"}
 
     def check_input(self, imgs: torch.Tensor) -> None:
-        expected = (self.encoder.in_chans, *self.encoder.patch_embed.img_size)
+        expected = (self.encoder.in_chans, *self.encoder.img_size)
         if imgs.ndim != 4 or tuple(imgs.shape[1:]) != expected:
             raise ConfigError(f"input images have shape {tuple(imgs.shape)}, the model expects (B, {', '.join(map(str, expected))})")
 
@@ -76,7 +76,8 @@ class MaskedAutoencoder(nn.Module):
         self.check_input(imgs)
         if mask is None:
             mask = self.make_mask(imgs.shape[0], noise, generator, imgs.device)
-        latent = self.encoder(imgs, mask.ids_keep, mask.parts)
+        encode = getattr(self.encoder, "encode_masked", None)  # UM-MAE / SimMIM encoders take the whole mask
+        latent = encode(imgs, mask) if encode else self.encoder(imgs, mask.ids_keep, mask.parts)
         pred = self.decoder(latent, mask.ids_restore)
         target = self.loss.target(imgs)
         if mask.parts > 1:

@@ -14,6 +14,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..masks.compact import gather_tokens
 from .init import init_mae_weights, init_patch_embed
 from .pos_embed import sincos_2d
 
@@ -47,14 +48,6 @@ def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, checkpointing: bool = Fal
     for blk in blocks:
         x = checkpoint(blk, x, use_reentrant=False)
     return x
-
-
-def gather_tokens(x: torch.Tensor, ids: torch.Tensor, parts: int = 1) -> torch.Tensor:
-    """Pick tokens ``ids`` (N, K) from ``x`` (N // parts, L, D); sequence n reads image n // parts."""
-    if parts == 1:
-        return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-    rows = torch.arange(ids.shape[0], device=ids.device).div(parts, rounding_mode="floor")
-    return x[rows.unsqueeze(1), ids]
 
 
 class ViTEncoder(nn.Module):
@@ -93,6 +86,10 @@ class ViTEncoder(nn.Module):
             self.pos_embed.copy_(sincos_2d(self.embed_dim, self.grid))
 
     @property
+    def img_size(self) -> tuple[int, int]:
+        return tuple(self.patch_embed.img_size)
+
+    @property
     def num_patches(self) -> int:
         return self.grid[0] * self.grid[1]
 
@@ -123,3 +120,25 @@ class ViTEncoder(nn.Module):
 
             raise ConfigError(f"pool: {pool!r} is not one of 'cls', 'mean', 'none'")
         return pooled[pool]()
+
+
+class UMViTEncoder(ViTEncoder):
+    """UM-MAE on a plain ViT: the kept tokens of a uniform mask, with the secondarily masked ones replaced by a
+    learnable token after patch embedding and *before* the position embedding, so it carries its true position."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, self.embed_dim))
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def encode_masked(self, imgs: torch.Tensor, mask) -> torch.Tensor:
+        """(B, C, H, W) + a :class:`~emae.masks.Mask` -> (N, 1 + kept, D), cls first."""
+        x = gather_tokens(self.patch_embed(imgs), mask.ids_keep, mask.parts)
+        if mask.secondary is not None:
+            x = torch.where(mask.secondary.unsqueeze(-1).bool(), self.mask_token.to(x.dtype), x)
+        x = x + self.pos_embed[0, 1:][mask.ids_keep]  # each token's true position
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)
