@@ -164,10 +164,17 @@ def test_rank_masks_are_the_global_mask_sliced_by_interleaved_rank(mask_type, me
     assert not torch.equal(parts[0].mask, parts[1].mask)
 
 
-def test_activation_checkpointing_same_loss_and_gradients():
+PYRAMID = ["method=umae", "mask.type=uniform", "model.depth=null", "model.img_size=32", "model.patch_size=4",
+           "model.embed_dim=16", "model.depths=[1,1,1,1]", "model.num_heads=1", "model.window_size=2"]
+
+
+@pytest.mark.parametrize("overrides", [[], [*PYRAMID, "model.arch=swin_t"], [*PYRAMID, "model.arch=pvt_v2_s"]],
+                         ids=["vit", "swin", "pvt"])
+def test_activation_checkpointing_same_loss_and_gradients(overrides):
     torch.manual_seed(0)
-    model = build_model(tiny_config())
-    imgs = torch.randn(4, 3, 16, 16)
+    cfg = tiny_config(*overrides)
+    model = build_model(cfg)
+    imgs = torch.randn(4, 3, *cfg.model.image_size)
     grads = []
     for on in (False, True):
         model.set_grad_checkpointing(on)

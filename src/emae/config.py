@@ -318,6 +318,7 @@ def validate(cfg: Config) -> None:
     from .losses import DISTANCES
     from .masks import MASKS, PARALLEL_MASKS, UNIFORM_MASKS, num_parts
     from .models.build import ARCHS, PYRAMID_ARCHS, check_pyramid
+    from .models.vit import VIT_SIZES
     from .masks.uniform import check_uniform
 
     m, k, d, t = cfg.model, cfg.mask, cfg.data, cfg.train

@@ -50,8 +50,11 @@ class MaskedAutoencoder(nn.Module):
         return self.encoder.patch_size
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Activation checkpointing of every encoder and decoder block (recomputed in backward)."""
-        self.encoder.grad_checkpointing = self.decoder.grad_checkpointing = enable
+        """Activation checkpointing of every encoder and decoder block (recomputed in backward); pyramid encoders
+        checkpoint the blocks of each stage."""
+        for module in self.modules():
+            if hasattr(module, "grad_checkpointing"):
+                module.grad_checkpointing = enable
 
     def no_weight_decay(self) -> set[str]:
         return {"encoder.cls_token", "encoder.pos_embed", "encoder.mask_token", "decoder.mask_token", "decoder.pos_embed"}

@@ -14,6 +14,7 @@ from timm.models.pvt_v2 import Attention, Block, OverlapPatchEmbed
 from torch import nn
 
 from .pyramid import PositionMLP, PyramidEncoder, init_pyramid_weights, pool_coords, stage_grids
+from .vit import run_blocks
 
 # widths, depths, heads, mlp ratios (timm / the PVT-v2 paper); pvt_v2_s is PVT-S's size (= b2)
 PVT_SIZES: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[float, ...]]] = {
@@ -67,14 +68,14 @@ class PVTStage(nn.Module):
         self.downsample = OverlapPatchEmbed(3, 2, in_dim, dim) if downsample else nn.Identity()
         self.blocks = nn.ModuleList(CoordPVTBlock(dim, heads, mlp_ratio, sr_ratio, dp) for dp in drop_paths[:depth])
         self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.grad_checkpointing = False  # activation checkpointing of the blocks (train.activation_checkpointing)
 
     def forward(self, x: torch.Tensor, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not isinstance(self.downsample, nn.Identity):
             x, coords = self.downsample(x.permute(0, 3, 1, 2)), pool_coords(coords, 2) / 2
         b, h, w, c = x.shape
         x = x.reshape(b, h * w, c)
-        for blk in self.blocks:
-            x = blk(x, [h, w], coords)
+        x = run_blocks(self.blocks, x, self.grad_checkpointing, [h, w], coords)
         return self.norm(x).reshape(b, h, w, c), coords
 
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .pyramid import PositionMLP, PyramidEncoder, init_pyramid_weights, pool_coords, stage_grids
+from .vit import run_blocks
 
 # stage-1 width, depths, stage-1 heads (doubling every stage)
 SWIN_SIZES: dict[str, tuple[int, tuple[int, ...], int]] = {
@@ -77,13 +78,12 @@ class SwinStage(nn.Module):
         self.downsample = PatchMerging(in_dim, dim) if downsample else nn.Identity()
         self.blocks = nn.ModuleList(CoordSwinBlock(dim, resolution, heads, window, i % 2 == 1, mlp_ratio, dp)
                                     for i, dp in enumerate(drop_paths[:depth]))
+        self.grad_checkpointing = False  # activation checkpointing of the blocks (train.activation_checkpointing)
 
     def forward(self, x: torch.Tensor, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not isinstance(self.downsample, nn.Identity):
             x, coords = self.downsample(x), pool_coords(coords, 2) / 2
-        for blk in self.blocks:
-            x = blk(x, coords)
-        return x, coords
+        return run_blocks(self.blocks, x, self.grad_checkpointing, coords), coords
 
 
 class SwinEncoder(PyramidEncoder):

@@ -38,15 +38,15 @@ def transformer_blocks(dim: int, depth: int, num_heads: int, mlp_ratio: float, d
     )
 
 
-def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, checkpointing: bool = False) -> torch.Tensor:
-    """The blocks in turn; with ``checkpointing`` (and gradients on) each block's activations are recomputed in
-    backward instead of kept (same numbers, less memory)."""
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, checkpointing: bool = False, *args) -> torch.Tensor:
+    """``x = blk(x, *args)`` for each block; with ``checkpointing`` (and gradients on) each block's activations
+    are recomputed in backward instead of kept (same numbers, less memory)."""
     if not (checkpointing and torch.is_grad_enabled()):
         for blk in blocks:
-            x = blk(x)
+            x = blk(x, *args)
         return x
     for blk in blocks:
-        x = checkpoint(blk, x, use_reentrant=False)
+        x = checkpoint(blk, x, *args, use_reentrant=False)
     return x
 
 
