@@ -247,6 +247,20 @@ def test_one_process_group_with_mixed_precision(tmp_path, mode, precision):
     assert (state["scaler"]["scale"] > 1) if precision == "fp16" else state["scaler"] == {}
 
 
+@needs_gloo
+@pytest.mark.parametrize("overrides", [[*PYRAMID, "model.arch=swin_t"],
+                                       [*PYRAMID, "model.arch=pvt_v2_s", "method=simmim", "mask.type=random"]],
+                         ids=["umae-swin", "simmim-pvt"])
+def test_fsdp_shards_pyramid_stages(tmp_path, overrides):
+    """FSDP finds the blocks of every Swin / PVT stage; the gathered checkpoint loads into a plain model."""
+    cfg = tiny_config(*overrides, "train.max_steps=2", "train.batch_size=4", "train.num_vis=0", "train.device=cpu",
+                      "data.num_workers=0", "train.distributed=fsdp", "train.activation_checkpointing=true",
+                      **{"output_dir": str(tmp_path)})
+    result = pretrain(cfg, progress=False)
+    assert result.global_step == 2 and torch.isfinite(torch.tensor(result.loss))
+    build_model(tiny_config(*overrides)).load_state_dict(load_checkpoint(result.checkpoint)["model"])
+
+
 @pytest.mark.parametrize("world", [2, 3])
 def test_rank_batches_interleave_into_the_one_process_batch(world):
     """Rank r's k-th batch holds positions r, r + W, ... of the 1-process k-th batch (batch W * B), same seeds."""

@@ -210,8 +210,9 @@ def wrap_model(model: nn.Module, info: DistInfo, precision: str) -> nn.Module:
         if precision in ("bf16", "fp16"):
             low = torch.bfloat16 if precision == "bf16" else torch.float16
             policy = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=torch.float32)
-        for part in (model.encoder, model.decoder):
-            for block in part.blocks:
+        block_lists = [m.blocks for m in model.modules() if isinstance(getattr(m, "blocks", None), nn.ModuleList)]
+        for blocks in block_lists:  # ViT encoder and decoder; each stage of a Swin / PVT encoder
+            for block in blocks:
                 fully_shard(block, mp_policy=policy)
         fully_shard(model, mp_policy=policy)
     return model
