@@ -110,7 +110,7 @@ def build_model(cfg: Config) -> MaskedAutoencoder:
         width, depth, heads = encoder_dims(m)
         if width % heads or width % 4:
             raise ConfigError(f"model.embed_dim: {width} must be divisible by 4 and by model.num_heads ({heads})")
-        vit = UMViTEncoder if cfg.mask.type in UNIFORM_MASKS else ViTEncoder
+        vit = UMViTEncoder if cfg.method == "umae" else ViTEncoder  # MAE checkpoints may be shown uniform masks
         encoder = vit(m.image_size, m.patch_size, m.in_chans, width, depth, heads, m.mlp_ratio)
         decoder = MAEDecoder(encoder.grid, width, out_dim, *dec)
     c = cfg.consistency
