@@ -80,6 +80,23 @@ def test_exact_resume(folder, tmp_path, stop):
     assert losses[-1] < losses[0]
 
 
+PYRAMID = ["method=umae", "mask.type=parallel_uniform", "model.arch=swin_t", "model.depth=null", "model.img_size=32",
+           "model.patch_size=4", "model.embed_dim=16", "model.depths=[1,1,1,1]", "model.num_heads=1",
+           "model.window_size=2"]
+
+
+@pytest.mark.parametrize("extra", [PYRAMID, ["data.decode=device"]], ids=["umae-swin-parallel", "device-decode"])
+def test_exact_resume_of_other_paths(folder, tmp_path, extra):
+    """UM-MAE's uniform masks (secondary masking, parallel parts, consistency) on Swin, and device decoding,
+    resume bit for bit too."""
+    straight = run(folder, tmp_path / "a", "data.num_workers=0", *extra)
+    run(folder, tmp_path / "b", "data.num_workers=0", "train.stop_after_steps=3", *extra)
+    second = run(folder, tmp_path / "b", "data.num_workers=1", *extra, resume="auto")
+    a, b = params(straight.checkpoint), params(second.checkpoint)
+    assert second.global_step == straight.global_step == 10 and a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_run_outputs_and_checkpoint_contents(folder, tmp_path):
     result = run(folder, tmp_path, "train.save_every=1", "train.log_every=1")
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-00000010.pt", "checkpoint-00000005.pt"]
