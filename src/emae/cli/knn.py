@@ -21,13 +21,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("k-NN")
     g.add_argument("--k", type=int, nargs="+", default=[20, 200], help="neighbour counts, each reported (20 200)")
     g.add_argument("--temperature", type=float, default=0.07, help="vote weight exp(sim / T) (0.07)")
-    g.add_argument("--pool", default="cls", choices=["cls", "avg"], help="feature: cls token or mean patch token (cls)")
+    g.add_argument("--pool", choices=["cls", "avg"],
+                   help="feature: cls token or mean patch token (ViT default cls); pyramids: avg only, the default")
     g.add_argument("--feature-cache", metavar="DIR", help="keep the frozen features here; linprobe --fast reuses them")
     add_run_args(p, batch_size=256)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..eval.backbone import resolve_pool
     from ..eval.common import prepare_run_dir
     from ..eval.knn import knn_run
 
@@ -36,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     for k in args.k:
         positive("--k", k)
     loaded = load_source(args)
+    resolve_pool(loaded, args.pool)  # a pooling the encoder does not have: one-line error before any work
     train, val = eval_data(args, loaded)
     out = prepare_run_dir(args.output, "knn", args.overwrite)
     opts = eval_options(args, pool=args.pool, feature_cache=args.feature_cache)

@@ -32,7 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--lr", type=float, help="absolute lr (overrides --base-lr)")
     g.add_argument("--min-lr", type=float, default=0.0, help="end of the cosine (0)")
     g.add_argument("--weight-decay", type=float, default=0.0, help="LARS weight decay (0)")
-    g.add_argument("--pool", default="cls", choices=["cls", "avg"], help="feature: cls token or mean patch token (cls)")
+    g.add_argument("--pool", choices=["cls", "avg"],
+                   help="feature: cls token or mean patch token (ViT default cls); pyramids: avg only, the default")
     g.add_argument("--feature-cache", metavar="DIR", help="keep the frozen features here (shared with knn)")
     g.add_argument("--log-every", type=int, default=50, help="optimiser steps between log lines (50)")
     add_run_args(p, batch_size=256)
@@ -40,12 +41,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..eval.backbone import resolve_pool
     from ..eval.common import prepare_run_dir
     from ..eval.linprobe import ProbeOptions, linear_probe
 
     for name in ("batch_size", "epochs", "base_lr", "lr", "log_every"):
         positive("--" + name.replace("_", "-"), getattr(args, name))
     loaded = load_source(args)
+    resolve_pool(loaded, args.pool)  # a pooling the encoder does not have: one-line error before any work
     train, val = eval_data(args, loaded)
     out = prepare_run_dir(args.output, "linprobe", args.overwrite)
     opts = eval_options(args, pool=args.pool, feature_cache=args.feature_cache)

@@ -45,8 +45,8 @@ def build_vit(loaded: Loaded, num_classes: int = 0, global_pool: str = "token", 
     fine-tuning); a checkpoint that already has ``fc_norm`` keeps it. ``keep_head`` loads the checkpoint's head.
     """
     if loaded.config.model.arch not in VIT_SIZES:
-        raise CheckpointError(f"{loaded.path} holds a {loaded.config.model.arch} encoder; frozen-feature evaluation "
-                              f"(linprobe, knn) supports ViTs only; fine-tune it with `emae finetune`")
+        raise CheckpointError(f"{loaded.path} holds a {loaded.config.model.arch} encoder, not a ViT; pyramid encoders "
+                              f"are built by emae.eval.pyramid")
     if fc_norm is None and "fc_norm.weight" in loaded.extras:
         fc_norm = True
     kwargs = vit_kwargs(loaded.config.model, img_size)
@@ -97,8 +97,26 @@ class FrozenEncoder(nn.Module):
             return self.vit.forward_head(self.vit.forward_features(imgs), pre_logits=True)
 
 
-def frozen_encoder(loaded: Loaded, pool: str = "cls", img_size: tuple[int, int] | None = None) -> FrozenEncoder:
-    """The checkpoint's encoder with its own final norm (or its fc_norm, for a fine-tuned classifier)."""
+def resolve_pool(loaded: Loaded, pool: str | None) -> str:
+    """The frozen-feature pooling: None is 'cls' for a ViT and 'avg' for a pyramid (which has no cls token: 'cls'
+    is a one-line error there)."""
+    from .pyramid import is_pyramid, pyramid_pool
+
+    if is_pyramid(loaded):
+        return pyramid_pool(loaded, pool)
+    return "cls" if pool is None else pool
+
+
+def frozen_encoder(loaded: Loaded, pool: str | None = "cls",
+                   img_size: tuple[int, int] | None = None) -> nn.Module:
+    """The checkpoint's encoder with its own final norm (or its fc_norm, for a fine-tuned classifier); a pyramid
+    encoder (Swin, PVT-v2) on the full grid with the fine-tuning geometry, globally average-pooled
+    (:func:`emae.eval.pyramid.frozen_pyramid`)."""
+    from .pyramid import frozen_pyramid, is_pyramid
+
+    pool = resolve_pool(loaded, pool)
+    if is_pyramid(loaded):
+        return frozen_pyramid(loaded, pool, img_size)
     fc_norm = "fc_norm.weight" in loaded.extras
     vit = build_vit(loaded, global_pool="token" if pool == "cls" else "avg", fc_norm=fc_norm, img_size=img_size)
     return FrozenEncoder(vit, pool)

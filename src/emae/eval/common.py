@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -14,7 +14,7 @@ from ..data import eval_transform
 from ..engine.trainer import resolve_device
 from ..errors import ConfigError
 from ..interop.load import Loaded
-from .backbone import frozen_encoder
+from .backbone import frozen_encoder, resolve_pool
 from .data import loader
 from .features import cache_key, cached, checkpoint_identity, extract_features
 
@@ -34,7 +34,7 @@ class EvalOptions:
     crop_pct: float | None = None  # eval resize = size / crop_pct, centre crop; None: 0.875 from 128 px up, else 1
     max_train: int | None = None  # class-balanced subsets, for quick runs
     max_val: int | None = None
-    pool: str = "cls"  # frozen features: cls | avg
+    pool: str | None = None  # frozen features: cls | avg; None: cls for a ViT, avg for a pyramid (its only one)
     feature_cache: str | None = None  # folder to keep frozen features in (knn and linprobe --fast share them)
     progress: bool = True
 
@@ -89,9 +89,15 @@ def warmup_cosine_scheduler(opt: torch.optim.Optimizer, total: int, warmup: int,
                              warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False)
 
 
+def with_pool(loaded: Loaded, opts: EvalOptions) -> EvalOptions:
+    """``opts`` with the pooling resolved for this encoder (one-line error for a pooling it does not have)."""
+    return replace(opts, pool=resolve_pool(loaded, opts.pool))
+
+
 def frozen_features(loaded: Loaded, train_src, val_src, opts: EvalOptions) -> dict[str, torch.Tensor]:
     """Eval-transform features and labels of both splits: ``train_feats``, ``train_labels``, ``val_feats``,
     ``val_labels`` (a split given as None is skipped); cached on disk when ``opts.feature_cache`` is set."""
+    opts = with_pool(loaded, opts)
     device = resolve_device(opts.device)
     tf = eval_tf(loaded, opts)
     encoder = None

@@ -69,8 +69,9 @@ def classifier(loaded: Loaded, num_classes: int, ft: FinetuneOptions, img_size) 
         if ft.pool != "avg":
             raise ConfigError(f"--pool {ft.pool}: pyramid encoders have no cls token; use --pool avg")
         model = pyramid_classifier(loaded, num_classes, ft.drop_path, img_size, keep)
-        nn.init.trunc_normal_(model.head.weight, std=2e-5)
-        nn.init.zeros_(model.head.bias)
+        if not keep:
+            nn.init.trunc_normal_(model.head.weight, std=2e-5)
+            nn.init.zeros_(model.head.bias)
         return model
     pool = {"avg": "avg", "cls": "token"}[ft.pool]
     vit = build_vit(loaded, num_classes, pool, drop_path=ft.drop_path, img_size=img_size, keep_head=keep)

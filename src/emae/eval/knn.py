@@ -50,8 +50,9 @@ def knn_run(loaded, train_src, val_src, out, opts, ks: tuple[int, ...] = (20, 20
     """Extract (or reuse cached) frozen features of both splits, classify val by k-NN, write ``out/metrics.json``."""
     import time
 
-    from .common import frozen_features, write_metrics
+    from .common import frozen_features, with_pool, write_metrics
 
+    opts = with_pool(loaded, opts)
     start = time.perf_counter()
     f = frozen_features(loaded, train_src, val_src, opts)
     results = knn_eval(f["train_feats"], f["train_labels"], f["val_feats"], f["val_labels"], len(train_src.classes),

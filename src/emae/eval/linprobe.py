@@ -30,7 +30,8 @@ from ..engine.trainer import autocast, resolve_device, seed_everything
 from ..errors import DataError, EmaeError
 from ..interop.load import Loaded
 from .backbone import FrozenEncoder, frozen_encoder
-from .common import EvalOptions, frozen_features, image_size, norm_stats, warmup_cosine_scheduler, write_metrics
+from .common import (EvalOptions, frozen_features, image_size, norm_stats, warmup_cosine_scheduler, with_pool,
+                     write_metrics)
 from .data import loader
 from .knn import classification_metrics
 
@@ -85,6 +86,7 @@ def evaluate_head(head: nn.Module, feats: torch.Tensor, labels: torch.Tensor, ba
 
 def linear_probe(loaded: Loaded, train_src, val_src, out: Path, opts: EvalOptions, probe: ProbeOptions) -> dict:
     """Train the head; per-epoch records in ``out/log.jsonl``, the best head in ``out/head.pt``, and metrics."""
+    opts = with_pool(loaded, opts)
     device = resolve_device(opts.device)
     seed_everything(opts.seed)
     classes = train_src.classes

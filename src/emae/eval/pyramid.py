@@ -11,7 +11,12 @@ as the UM-MAE paper says, and how each weight is carried over (:func:`load_pyram
   ``attn.norm``, freshly initialised, because pre-training had none. Everything else loads as it is.
 - The secondary-mask token (``mask_token``) is not used and not loaded.
 
-A SimMIM checkpoint already ran on the full grid: everything loads as it is.
+A SimMIM checkpoint already ran on the full grid: everything loads as it is; so does a fine-tuned classifier
+(``best.pt``), whose stored window is already the fine-tuning one.
+
+Frozen features (``linprobe``, ``knn``, :class:`FrozenPyramid`) use the same full-grid encoder and the global
+average of the last stage after the final norm, as the UM-MAE and SimMIM papers do; there is no cls token. The
+encoder is built under a fixed seed, so PVT's new stage-3 reduction layer (UM-MAE) is the same in every run.
 """
 
 from __future__ import annotations
@@ -20,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CheckpointError
-from ..interop.load import Loaded
+from ..errors import CheckpointError, ConfigError
+from ..interop.load import CLASSIFIER_FORMAT, Loaded
 from ..models import PYRAMID_ARCHS, build_pyramid
 from ..models.pvt import FULL_SR
 from ..models.pyramid import PyramidEncoder
@@ -35,8 +40,10 @@ def finetune_encoder(loaded: Loaded, drop_path: float = 0.0, img_size: tuple[int
     """The full-grid encoder for a checkpoint: Swin's window x2 after UM-MAE, PVT's ratios [8, 4, 2, 1]."""
     cfg = loaded.config
     m = cfg.model
-    window = m.window_size * (2 if cfg.method == "umae" else 1)
-    sr = list(FULL_SR) if cfg.method == "umae" or m.sr_ratios is None else list(m.sr_ratios)
+    # a fine-tuned classifier stores the full-grid window already (read_checkpoint takes it from best.pt)
+    umae = cfg.method == "umae" and loaded.source != CLASSIFIER_FORMAT
+    window = m.window_size * (2 if umae else 1)
+    sr = list(FULL_SR) if umae or m.sr_ratios is None else list(m.sr_ratios)
     return build_pyramid(m, compact=False, window_size=window, sr=sr, drop_path=drop_path, img_size=img_size)
 
 
@@ -98,16 +105,63 @@ class PyramidClassifier(nn.Module):
 
 def pyramid_classifier(loaded: Loaded, num_classes: int, drop_path: float = 0.0,
                        img_size: tuple[int, int] | None = None, keep_head: bool = False) -> PyramidClassifier:
-    """The fine-tuning model from a UM-MAE / SimMIM checkpoint (``.reinitialised`` lists what did not load)."""
-    if keep_head or loaded.extras:
-        raise CheckpointError(f"{loaded.path}: fine-tuned pyramid classifiers cannot be reloaded yet")
+    """The fine-tuning model from a UM-MAE / SimMIM checkpoint (``.reinitialised`` lists what did not load), or a
+    fine-tuned classifier (``best.pt``) again; ``keep_head`` loads the checkpoint's head."""
+    unknown = [k for k in loaded.extras if not k.startswith("head.")]
+    if unknown:
+        raise CheckpointError(f"{loaded.path} has an unexpected {unknown[0]!r} for a pyramid classifier")
     encoder = finetune_encoder(loaded, drop_path, img_size)
     model = PyramidClassifier(encoder, num_classes)
     model.reinitialised = load_pyramid_encoder(encoder, loaded)
+    if keep_head:
+        head = {k[len("head."):]: v for k, v in loaded.extras.items()}
+        try:
+            model.head.load_state_dict(head, strict=True)
+        except RuntimeError:
+            raise CheckpointError(f"{loaded.path}: its head ({tuple(loaded.extras['head.weight'].shape)}) does not "
+                                  f"fit {num_classes} classes on {encoder.num_features} features") from None
     model.emae_kwargs = dict(arch=loaded.config.model.arch, img_size=list(img_size or loaded.config.model.image_size),
                              window_size=getattr(encoder, "window_size", None), num_classes=num_classes)
     return model
 
 
-__all__ = ["PyramidClassifier", "finetune_encoder", "is_pyramid", "load_pyramid_encoder",
-           "pyramid_classifier"]
+def pyramid_pool(loaded: Loaded, pool: str | None) -> str:
+    """The frozen-feature pooling of a pyramid: 'avg' (also for None); anything else is a one-line error."""
+    if pool in (None, "avg"):
+        return "avg"
+    raise ConfigError(f"--pool {pool}: a {loaded.config.model.arch} encoder has no cls token; pyramid features are "
+                      f"the global average of the last stage (--pool avg)")
+
+
+class FrozenPyramid(nn.Module):
+    """A pyramid encoder that never trains (no gradients, always eval): one feature vector per image, the global
+    average of the last stage after the final norm (``PyramidEncoder.extract_features(imgs, 'mean')``)."""
+
+    def __init__(self, encoder: PyramidEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder.requires_grad_(False).eval()
+        self.pool = "avg"
+        self.dim = encoder.num_features
+
+    def train(self, mode: bool = True) -> FrozenPyramid:
+        return super().train(False)
+
+    def forward(self, imgs: torch.Tensor) -> torch.Tensor:
+        return self.encoder.extract_features(imgs, "mean")
+
+
+def frozen_pyramid(loaded: Loaded, pool: str | None = "avg", img_size: tuple[int, int] | None = None,
+                   seed: int = 0) -> FrozenPyramid:
+    """The checkpoint's encoder on the full grid with the fine-tuning geometry, frozen. Built under ``seed`` so that
+    layers the checkpoint lacks (PVT's stage-3 ``attn.sr`` after UM-MAE) are the same every time."""
+    pyramid_pool(loaded, pool)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        encoder = finetune_encoder(loaded, 0.0, img_size)
+    frozen = FrozenPyramid(encoder)
+    frozen.reinitialised = load_pyramid_encoder(encoder, loaded)
+    return frozen
+
+
+__all__ = ["FrozenPyramid", "PyramidClassifier", "finetune_encoder", "frozen_pyramid", "is_pyramid",
+           "load_pyramid_encoder", "pyramid_classifier", "pyramid_pool"]

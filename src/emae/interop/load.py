@@ -21,7 +21,7 @@ from torch import nn
 from ..config import Config, DataConfig, ModelConfig, config_from_dict, set_key
 from ..engine.checkpoint import FORMAT, FORMAT_VERSION
 from ..errors import CheckpointError, ConfigError
-from ..models import VIT_SIZES, MaskedAutoencoder, ViTEncoder, build_model, encoder_dims
+from ..models import PYRAMID_ARCHS, VIT_SIZES, MaskedAutoencoder, ViTEncoder, build_model, encoder_dims
 from .official import State, encoder_state, from_official, is_emae_layout, is_official_layout, strip_wrappers
 
 KNOWN = "an emae checkpoint, an official MAE .pth, a timm ViT state dict (.pth/.safetensors) or a Hugging Face ViTMAE folder"
@@ -173,6 +173,21 @@ def _read_hf_folder(path: Path) -> Loaded:
     return Loaded(str(path), "hf", cfg, state)
 
 
+def _read_pyramid_classifier(path: Path, obj: dict) -> Loaded:
+    """A fine-tuned Swin / PVT-v2 ``best.pt``: encoder.* as the state, head.* as extras, and the fine-tuning
+    geometry (the window it was fine-tuned with; PVT's ratios are the full-grid ones) in the model config."""
+    model = ModelConfig(**obj["model_config"])
+    window = (obj.get("vit") or {}).get("window_size")
+    if window is not None:
+        model.window_size = window
+    sd = obj["model"]
+    state = {k: v for k, v in sd.items() if k.startswith("encoder.")}
+    extras = {k: v for k, v in sd.items() if not k.startswith("encoder.")}
+    loaded = Loaded(str(path), CLASSIFIER_FORMAT, _config(model), state, extras, obj.get("classes"))
+    loaded.config.data = DataConfig(**obj["data"])
+    return loaded
+
+
 def read_checkpoint(path: str | Path, num_heads: int | None = None, decoder_num_heads: int | None = None,
                     img_size: int | list[int] | None = None) -> Loaded:
     """Any known checkpoint -> :class:`Loaded`. The hints override inferred dimensions (not stored configs)."""
@@ -200,6 +215,8 @@ def read_checkpoint(path: str | Path, num_heads: int | None = None, decoder_num_
         cfg = config_from_dict(obj["config"])
         return Loaded(str(path), "emae", cfg, dict(obj["model"]))
     if isinstance(obj, dict) and obj.get("format") == CLASSIFIER_FORMAT:
+        if obj["model_config"].get("arch") in PYRAMID_ARCHS:
+            return _read_pyramid_classifier(path, obj)
         loaded = _from_state_dict(path, obj["model"], CLASSIFIER_FORMAT, hints, ModelConfig(**obj["model_config"]))
         loaded.config.data = DataConfig(**obj["data"])
         loaded.classes = obj.get("classes")
@@ -261,11 +278,17 @@ def load(path: str | Path, **hints) -> nn.Module:
 
     - a checkpoint with a decoder -> :class:`~emae.models.MaskedAutoencoder` (``.extract_features(imgs, pool)``)
     - an encoder-only checkpoint -> :class:`~emae.models.ViTEncoder` (``.forward_features``, ``.extract_features``)
-    - a classifier (fine-tuned, with ``head``) -> timm ``VisionTransformer`` (``.forward_features``, ``.forward``)
+    - a classifier (fine-tuned, with ``head``) -> timm ``VisionTransformer`` (``.forward_features``, ``.forward``);
+      a fine-tuned Swin / PVT-v2 (``best.pt`` of ``emae finetune``) ->
+      :class:`~emae.eval.pyramid.PyramidClassifier` (``.forward_features``, ``.forward``), the same outputs
 
     ``hints``: ``num_heads``, ``decoder_num_heads``, ``img_size`` where they cannot be inferred.
     """
     loaded = read_checkpoint(path, **hints)
+    if loaded.extras and loaded.config.model.arch in PYRAMID_ARCHS:
+        from ..eval.pyramid import pyramid_classifier
+
+        return pyramid_classifier(loaded, loaded.num_classes or 0, keep_head=True).eval()
     if loaded.extras:
         from ..eval.backbone import build_vit
 

@@ -1,0 +1,115 @@
+"""Frozen-feature evaluation (k-NN, linear probe) of pyramid encoders (UM-MAE Swin, SimMIM PVT-v2), and fine-tuned
+pyramid classifiers (``best.pt``) loaded back."""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import pytest
+import torch
+
+import emae
+from emae.cli.main import main
+from emae.eval.common import EvalOptions, eval_tf, frozen_features
+from emae.eval.data import labelled_images, loader
+from emae.eval.pyramid import FrozenPyramid
+from emae.interop.load import read_checkpoint
+from emae.models import build_pyramid
+
+from evalkit import labelled_data
+from helpers import tiny_config
+from test_eval_knn import one_line_error
+from test_umae import PYR, UMAE, save_checkpoint
+
+SWIN_UMAE = [*UMAE, *PYR, "model.arch=swin_t"]
+PVT_SIMMIM = ["method=simmim", "mask.type=random", *PYR, "model.arch=pvt_v2_b0"]
+PVT_UMAE = [*UMAE, *PYR, "model.arch=pvt_v2_b0"]
+
+
+def reference_encoder(pre: emae.MaskedAutoencoder, method: str):
+    """The full-grid encoder built by hand: SimMIM's own encoder; UM-MAE Swin's weights in a window-4 full-grid Swin."""
+    if method == "simmim":
+        return pre.encoder.eval()
+    m = tiny_config(*SWIN_UMAE).model
+    assert m.window_size == 2
+    enc = build_pyramid(m, compact=False, window_size=4)
+    missing, unexpected = enc.load_state_dict(pre.encoder.state_dict(), strict=False)
+    assert not missing and not unexpected
+    return enc.eval()
+
+
+@pytest.mark.parametrize("over,method", [(SWIN_UMAE, "umae"), (PVT_SIMMIM, "simmim")], ids=["umae-swin", "simmim-pvt"])
+def test_frozen_features_are_the_encoder_on_the_full_grid(tmp_path, over, method):
+    pre = save_checkpoint(tmp_path / "ck.pt", *over)
+    loaded = read_checkpoint(tmp_path / "ck.pt")
+    src = labelled_images(labelled_data(tmp_path / "d", n_train=6) / "train")
+    opts = EvalOptions(batch_size=4, progress=False)
+    f = frozen_features(loaded, src, None, opts)
+    assert f["train_feats"].shape == (6, 128)  # last stage: 16 x 8 channels, globally average-pooled
+    imgs = torch.cat([x for x, _, _ in loader(src, eval_tf(loaded, opts), 4)])
+    with torch.no_grad():
+        enc = reference_encoder(pre, method)
+        direct = torch.cat([enc(x).mean(dim=(1, 2)) for x in imgs.split(4)])
+    assert torch.allclose(f["train_feats"], direct, rtol=0, atol=1e-6)
+    assert torch.equal(f["train_labels"], torch.tensor(src.labels))
+
+
+@pytest.mark.parametrize("over", [SWIN_UMAE, PVT_SIMMIM], ids=["umae-swin", "simmim-pvt"])
+def test_knn_and_linprobe_cli_on_pyramids(tmp_path, capsys, over):
+    save_checkpoint(tmp_path / "ck.pt", *over)
+    data = labelled_data(tmp_path / "d", n_train=8, n_val=4)
+    cache = tmp_path / "cache"
+    common = ["--data", str(data), "--no-progress", "--feature-cache", str(cache), "--batch-size", "4"]
+    assert main(["knn", str(tmp_path / "ck.pt"), "--output", str(tmp_path / "knn"), "--k", "3", *common]) == 0
+    assert capsys.readouterr().out.startswith("knn: k=3 top-1 ")
+    metrics = json.loads((tmp_path / "knn" / "metrics.json").read_text())
+    assert metrics["pool"] == "avg" and metrics["options"]["pool"] == "avg"
+    feats = {p.name.split("-")[0]: torch.load(p)["features"] for p in cache.glob("*.pt")}
+    assert feats["train"].shape == (8, 128) and feats["val"].shape == (4, 128)
+    assert main(["linprobe", str(tmp_path / "ck.pt"), "--output", str(tmp_path / "lin"), "--fast", "--epochs", "2",
+                 "--pool", "avg", *common]) == 0
+    assert capsys.readouterr().out.startswith("linprobe (fast): top-1 ")
+    head = torch.load(tmp_path / "lin" / "head.pt")
+    assert head["pool"] == "avg" and head["head"]["1.weight"].shape == (2, 128)
+    assert len(list(cache.glob("*.pt"))) == 2  # linprobe --fast reused knn's features
+
+
+@pytest.mark.parametrize("command", ["knn", "linprobe"])
+def test_cls_pool_on_a_pyramid_is_a_one_line_error(tmp_path, capsys, command):
+    save_checkpoint(tmp_path / "ck.pt", *SWIN_UMAE)
+    data = labelled_data(tmp_path / "d", n_train=4, n_val=2)
+    err = one_line_error(capsys, [command, str(tmp_path / "ck.pt"), "--data", str(data), "--pool", "cls",
+                                  "--output", str(tmp_path / "o"), "--no-progress"])
+    assert "--pool cls" in err and "swin_t" in err
+    assert not (tmp_path / "o").exists()  # refused before any work
+    with pytest.raises(emae.errors.ConfigError, match="--pool cls"):
+        emae.eval.backbone.frozen_encoder(read_checkpoint(tmp_path / "ck.pt"), "cls")
+
+
+@pytest.mark.parametrize("over", [SWIN_UMAE, PVT_UMAE], ids=["umae-swin", "umae-pvt"])
+def test_finetuned_pyramid_best_pt_loads_back_with_the_same_outputs(tmp_path, monkeypatch, over):
+    ft = importlib.import_module("emae.eval.finetune")  # the module (emae.eval.finetune is also a function)
+
+    save_checkpoint(tmp_path / "ck.pt", *over)
+    data = labelled_data(tmp_path / "d", n_train=8, n_val=4)
+    built = []
+    original = ft.classifier
+    monkeypatch.setattr(ft, "classifier", lambda *a, **k: built.append(original(*a, **k)) or built[-1])
+    assert main(["finetune", str(tmp_path / "ck.pt"), "--data", str(data), "--epochs", "1", "--batch-size", "4",
+                 "--output", str(tmp_path / "ft"), "--no-progress", "--drop-path", "0.2"]) == 0
+    trained = built[0].eval()  # one epoch: best.pt holds these weights
+    back = emae.load(tmp_path / "ft" / "best.pt")
+    assert type(back).__name__ == "PyramidClassifier" and not back.training
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(back(x), trained(x))
+        pre_logits = trained.forward_head(trained.forward_features(x), pre_logits=True)
+    # frozen features of the fine-tuned checkpoint are its pooled features
+    frozen = emae.eval.backbone.frozen_encoder(read_checkpoint(tmp_path / "ft" / "best.pt"), None)
+    assert isinstance(frozen, FrozenPyramid) and frozen.reinitialised == []
+    assert torch.equal(frozen(x), pre_logits)
+    # fine-tuning it again keeps its head
+    loaded = read_checkpoint(tmp_path / "ft" / "best.pt")
+    again = ft.classifier(loaded, 2, ft.FinetuneOptions(drop_path=0.0), (32, 32))
+    assert torch.equal(again.head.weight, trained.head.weight)
