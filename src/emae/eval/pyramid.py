@@ -28,6 +28,7 @@ from torch import nn
 from ..errors import CheckpointError, ConfigError
 from ..interop.load import CLASSIFIER_FORMAT, Loaded
 from ..models import PYRAMID_ARCHS, build_pyramid
+from ..models.build import sr_ratios
 from ..models.pvt import FULL_SR
 from ..models.pyramid import PyramidEncoder
 
@@ -36,14 +37,19 @@ def is_pyramid(loaded: Loaded) -> bool:
     return loaded.config.model.arch in PYRAMID_ARCHS
 
 
-def finetune_encoder(loaded: Loaded, drop_path: float = 0.0, img_size: tuple[int, int] | None = None) -> PyramidEncoder:
-    """The full-grid encoder for a checkpoint: Swin's window x2 after UM-MAE, PVT's ratios [8, 4, 2, 1]."""
+def finetune_encoder(loaded: Loaded, drop_path: float = 0.0, img_size: tuple[int, int] | None = None,
+                     keep_sr: bool = False) -> PyramidEncoder:
+    """The full-grid encoder for a checkpoint: Swin's window x2 after UM-MAE, PVT's ratios [8, 4, 2, 1]
+    (``keep_sr``: PVT keeps the checkpoint's own ratios, so no layer is new)."""
     cfg = loaded.config
     m = cfg.model
     # a fine-tuned classifier stores the full-grid window already (read_checkpoint takes it from best.pt)
     umae = cfg.method == "umae" and loaded.source != CLASSIFIER_FORMAT
     window = m.window_size * (2 if umae else 1)
-    sr = list(FULL_SR) if umae or m.sr_ratios is None else list(m.sr_ratios)
+    if keep_sr:
+        sr = sr_ratios(m, compact=umae)
+    else:
+        sr = list(FULL_SR) if umae or m.sr_ratios is None else list(m.sr_ratios)
     return build_pyramid(m, compact=False, window_size=window, sr=sr, drop_path=drop_path, img_size=img_size)
 
 
@@ -152,12 +158,13 @@ class FrozenPyramid(nn.Module):
 
 def frozen_pyramid(loaded: Loaded, pool: str | None = "avg", img_size: tuple[int, int] | None = None,
                    seed: int = 0) -> FrozenPyramid:
-    """The checkpoint's encoder on the full grid with the fine-tuning geometry, frozen. Built under ``seed`` so that
-    layers the checkpoint lacks (PVT's stage-3 ``attn.sr`` after UM-MAE) are the same every time."""
+    """The checkpoint's encoder on the full grid, frozen: Swin's window x2 after UM-MAE (no weight changes), PVT
+    with the reduction ratios it was trained with, so every layer holds trained weights (the fine-tuning ratios
+    would add an untrained stage-3 reduction layer). Built under ``seed`` for reproducibility all the same."""
     pyramid_pool(loaded, pool)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        encoder = finetune_encoder(loaded, 0.0, img_size)
+        encoder = finetune_encoder(loaded, 0.0, img_size, keep_sr=True)
     frozen = FrozenPyramid(encoder)
     frozen.reinitialised = load_pyramid_encoder(encoder, loaded)
     return frozen
