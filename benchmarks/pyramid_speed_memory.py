@@ -25,12 +25,12 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 import emae
 from emae.config import load_config
+from emae.engine.perf import step_memory
 
 RECIPES = {256: ("umae_swin_t_p16_in1k_256", "simmim_swin_t_p16_in1k_256"),
            64: ("umae_swin_t_p8_cifar10_64", "simmim_swin_t_p8_cifar10_64")}
@@ -65,27 +65,9 @@ def build(method: str, size: int, device: torch.device, batch: int):
     return step
 
 
-def rss_peak_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise OSError("no VmHWM")
-
-
 def probe_memory(method: str, size: int, device: torch.device, batch: int, steps: int = 2) -> dict:
     step = build(method, size, device, batch)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        for _ in range(steps):
-            step()
-        return {"kind": "cuda max_memory_allocated", "peak_mib": torch.cuda.max_memory_allocated(device) / 2**20,
-                "base_mib": base / 2**20}
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    base = rss_peak_kib()
-    for _ in range(steps):
-        step()
-    return {"kind": "peak RSS", "peak_mib": rss_peak_kib() / 1024, "base_mib": base / 1024}
+    return step_memory(step, device, steps)
 
 
 def memory(method: str, args: argparse.Namespace) -> dict:

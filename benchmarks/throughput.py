@@ -21,14 +21,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
 import emae
 from emae.config import TrainConfig
 from emae.engine.optim import build_optimizer
-from emae.engine.perf import sync
+from emae.engine.perf import step_memory, sync
 from emae.interop.huggingface import to_hf
 
 CONFIGS: dict[str, tuple[list[str], int, int]] = {  # name: (emae overrides, batch, default timed steps)
@@ -118,29 +117,12 @@ def time_config(name: str, device: torch.device, steps: int, warmup: int, same_o
 # ---------------------------------------------------------------- memory (child process)
 
 
-def rss_peak_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise OSError("no VmHWM")
-
 
 def probe_memory(name: str, impl: str, device: torch.device, same_optimizer: bool, steps: int = 2) -> dict:
     """Peak memory of ``steps`` training steps of one implementation, in this (fresh) process."""
     fns, batch, patches = build(name, device, (impl,), same_optimizer)
     imgs, noise = inputs(batch, patches, image_size(name), device, torch.Generator().manual_seed(0))
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        for _ in range(steps):
-            fns[impl](imgs, noise)
-        return {"kind": "cuda max_memory_allocated", "peak_mib": torch.cuda.max_memory_allocated(device) / 2**20,
-                "base_mib": base / 2**20}
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    base = rss_peak_kib()
-    for _ in range(steps):
-        fns[impl](imgs, noise)
-    return {"kind": "peak RSS", "peak_mib": rss_peak_kib() / 1024, "base_mib": base / 1024}
+    return step_memory(lambda: fns[impl](imgs, noise), device, steps)
 
 
 def memory(name: str, impl: str, device: str, same_optimizer: bool) -> dict | None:

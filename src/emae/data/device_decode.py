@@ -22,7 +22,8 @@ from torchvision import transforms as T
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
-from .folder import MAX_CONSECUTIVE_FAILURES, describe, load_image
+from ..errors import DataError
+from .folder import load_image
 
 JPEG_MODES = {"L", "RGB"}  # colour spaces nvJPEG decodes; CMYK / YCCK go through PIL
 READ_MODES = {1: ImageReadMode.GRAY, 3: ImageReadMode.RGB, 4: ImageReadMode.RGB_ALPHA}
@@ -74,24 +75,8 @@ class EncodedImages:
 
     def __getitem__(self, item):
         index, seed = item
-        skipped: list[str] = []
-        n = len(self.source.paths)
-        for attempt in range(MAX_CONSECUTIVE_FAILURES):
-            i = (index + attempt) % n
-            path = self.source.paths[i]
-            try:
-                payload, is_jpeg, (h, w) = self._read(path)
-                break
-            except Exception as e:  # noqa: BLE001 - any failure to open means unreadable
-                if self.source.strict:
-                    from ..errors import DataError
-
-                    raise DataError(f"unreadable image {path} ({describe(e)})") from None
-                skipped.append(path)
-        else:
-            from ..errors import DataError
-
-            raise DataError(f"{MAX_CONSECUTIVE_FAILURES} consecutive unreadable images from {self.source.paths[index]} on")
+        (payload, is_jpeg, (h, w)), i, skipped = self.source.read_first(index, self._read)
+        path = self.source.paths[i]
         with torch.random.fork_rng(devices=[]):  # the same draws, in the same order, as the CPU transform
             torch.manual_seed(seed)
             box = self.crop.get_params(torch.empty(1, 1, 1).expand(1, h, w), self.crop.scale, self.crop.ratio)
@@ -142,8 +127,6 @@ def decode_batch(
             images[i] = batch.payloads[i].to(device, non_blocking=True)
     failed = [batch.paths[i] for i, img in enumerate(images) if img is None]
     if len(failed) == len(batch):
-        from ..errors import DataError
-
         raise DataError(f"no image of a batch could be decoded, e.g. {failed[0]}")
     out = torch.empty(len(batch), channels, *size, device=device)
     for i in range(len(batch)):

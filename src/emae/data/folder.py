@@ -12,6 +12,7 @@ import os
 import stat
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from PIL import Image
 
@@ -20,6 +21,7 @@ from ..errors import DataError
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 MAX_CONSECUTIVE_FAILURES = 64
+T = TypeVar("T")
 MAX_PIXELS = 4096 * 4096  # larger images are decoded at a reduced size (no real data set is affected)
 
 
@@ -99,18 +101,22 @@ class ImageFiles:
                 first_error = first_error or f"{path} ({describe(e)})"
         raise DataError(f"data.path: none of the {len(self.paths)} image files in {self.root} can be read, e.g. {first_error}")
 
-    def fetch(self, index: int) -> tuple[Image.Image, int, list[str]]:
+    def read_first(self, index: int, read: Callable[[str], T]) -> tuple[T, int, list[str]]:
+        """``read`` of the first readable file from ``index`` on: (result, its index, the paths skipped before it)."""
         skipped: list[str] = []
         for attempt in range(MAX_CONSECUTIVE_FAILURES):
             i = (index + attempt) % len(self.paths)
             try:
-                img = load_image(self.paths[i], self.mode)
-                return img, (self.labels[i] if self.labels else -1), skipped
-            except Exception as e:  # noqa: BLE001
+                return read(self.paths[i]), i, skipped
+            except Exception as e:  # noqa: BLE001 - any decoder failure means unreadable
                 if self.strict:
                     raise DataError(f"unreadable image {self.paths[i]} ({describe(e)})") from None
                 skipped.append(self.paths[i])
         raise DataError(f"{MAX_CONSECUTIVE_FAILURES} consecutive unreadable images from {self.paths[index]} on")
+
+    def fetch(self, index: int) -> tuple[Image.Image, int, list[str]]:
+        img, i, skipped = self.read_first(index, lambda path: load_image(path, self.mode))
+        return img, (self.labels[i] if self.labels else -1), skipped
 
 
 class TransformedImages:

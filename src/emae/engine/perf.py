@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -90,6 +92,32 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def rss_peak_kib() -> int:
+    """This process's peak resident set (VmHWM), in KiB; Linux only."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise OSError("no VmHWM in /proc/self/status")
+
+
+def step_memory(step: Callable[[], object], device: torch.device, steps: int = 2) -> dict:
+    """Peak memory over ``steps`` calls of ``step``, and the level before them: CUDA ``max_memory_allocated``, or
+    on CPU the peak RSS, reset through /proc/self/clear_refs so it covers only the steps (benchmarks run this in a
+    fresh process that holds one model)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        for _ in range(steps):
+            step()
+        return {"kind": "cuda max_memory_allocated", "peak_mib": torch.cuda.max_memory_allocated(device) / 2**20,
+                "base_mib": base / 2**20}
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    base = rss_peak_kib()
+    for _ in range(steps):
+        step()
+    return {"kind": "peak RSS", "peak_mib": rss_peak_kib() / 1024, "base_mib": base / 1024}
+
+
 def format_report(r: dict) -> str:
     if not r.get("steps"):
         return "benchmark: no timed steps (raise N above the warm-up steps)"
@@ -102,4 +130,4 @@ def format_report(r: dict) -> str:
             f"{r['tflops']:.3f} TFLOP/s{mfu}")
 
 
-__all__ = ["StepTimer", "configure_backends", "format_report", "maybe_compile"]
+__all__ = ["StepTimer", "configure_backends", "format_report", "maybe_compile", "rss_peak_kib", "step_memory"]
