@@ -156,3 +156,14 @@ def test_max_steps_sets_the_schedule_length(folder, tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path)] == [f"checkpoint-{s:08d}.pt" for s in (7, 6, 5, 3)]
     lrs = [r["lr"] for r in read_log(tmp_path / "log.jsonl") if r["type"] == "train"]
     assert lrs[-1] == pytest.approx(0.0, abs=1e-12)  # the cosine reaches its end at max_steps
+
+
+def test_remove_temporaries_takes_unfinished_plain_and_sharded_writes(tmp_path):
+    from emae.engine.checkpoint import remove_temporaries
+
+    (tmp_path / ".checkpoint-00000004.pt.abc.tmp").write_bytes(b"half")
+    (tmp_path / ".checkpoint-00000004.dcp.tmp").mkdir()
+    (tmp_path / ".checkpoint-00000004.dcp.tmp" / "__0_0.distcp").write_bytes(b"shard")
+    (tmp_path / "checkpoint-00000002.pt").write_bytes(b"kept")
+    assert len(remove_temporaries(tmp_path)) == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-00000002.pt"]

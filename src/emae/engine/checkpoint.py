@@ -46,7 +46,12 @@ def save_atomic(obj: Any, path: str | Path) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Make renames inside ``folder`` durable."""
+    dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
@@ -96,9 +101,9 @@ def latest_valid_checkpoint(folder: str | Path) -> tuple[Path, dict] | None:
 def remove_temporaries(folder: str | Path) -> list[Path]:
     """Delete the temporary files of checkpoint writes that never finished (a killed process leaves them)."""
     folder = Path(folder)
-    found = [p for p in folder.glob(".checkpoint-*.tmp") if p.is_file()] if folder.is_dir() else []
-    for p in found:
-        p.unlink(missing_ok=True)
+    found = list(folder.glob(".checkpoint-*.tmp")) if folder.is_dir() else []
+    for p in found:  # files of plain checkpoints, folders of sharded ones
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     return found
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .checkpoint import fsync_dir, save_atomic
 from .distributed import DistInfo, barrier
 
 META = "meta.pt"
@@ -96,10 +97,11 @@ def save_sharded(meta: dict, model: nn.Module, opt: torch.optim.Optimizer, path:
     state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, opt)}
     dcp.save(state, checkpoint_id=str(tmp))
     if info.is_main:
-        torch.save(meta, tmp / META)
+        save_atomic(meta, tmp / META)  # fsynced, like a plain checkpoint
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     barrier()
 
 
