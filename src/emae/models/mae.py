@@ -79,8 +79,7 @@ class MaskedAutoencoder(nn.Module):
         self.check_input(imgs)
         if mask is None:
             mask = self.make_mask(imgs.shape[0], noise, generator, imgs.device)
-        encode = getattr(self.encoder, "encode_masked", None)  # UM-MAE / SimMIM encoders take the whole mask
-        latent = encode(imgs, mask) if encode else self.encoder(imgs, mask.ids_keep, mask.parts)
+        latent = self.encoder.encode_masked(imgs, mask)  # UM-MAE / SimMIM encoders also use mask tokens
         pred = self.decoder(latent, mask.ids_restore)
         target = self.loss.target(imgs)
         if mask.parts > 1:

@@ -106,6 +106,10 @@ class ViTEncoder(nn.Module):
         x = torch.cat([cls, x], dim=1)
         return self.norm(run_blocks(self.blocks, x, self.grad_checkpointing))
 
+    def encode_masked(self, imgs: torch.Tensor, mask) -> torch.Tensor:
+        """The masked autoencoder's entry point (every encoder has one): the kept patches of ``mask``."""
+        return self.forward(imgs, mask.ids_keep, mask.parts)
+
     def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
         """All tokens, no masking: (B, 1 + L, D)."""
         return self.forward(imgs)
