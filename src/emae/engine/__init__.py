@@ -1,6 +1,7 @@
 """The training engine: optimiser, schedule, checkpoints, logging, and the one loop."""
 
-from .checkpoint import FORMAT_VERSION, latest_valid_checkpoint, list_checkpoints, load_checkpoint, save_atomic
+from .atomic import save_atomic
+from .checkpoint import FORMAT_VERSION, latest_valid_checkpoint, list_checkpoints, load_checkpoint
 from .log import JsonlLog, read_log
 from .optim import build_optimizer, build_scheduler, effective_lr, warmup_cosine
 from .trainer import RunResult, pretrain

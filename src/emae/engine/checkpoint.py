@@ -7,11 +7,9 @@ and for training state ``optimizer``, ``scheduler``, ``scaler``, ``rng``, ``epoc
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
+from .sharded import load_sharded
 
 FORMAT = "emae-checkpoint"
 FORMAT_VERSION = 1
@@ -30,34 +29,6 @@ def checkpoint_name(global_step: int) -> str:
     return f"checkpoint-{global_step:08d}.pt"
 
 
-def save_atomic(obj: Any, path: str | Path) -> None:
-    """Write to a temporary file in the same folder, fsync it, rename it over ``path``, fsync the folder. A crash
-    at any moment leaves either the old ``path`` or the new one (plus, at worst, a stray ``.*.tmp`` file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(folder: str | Path) -> None:
-    """Make renames inside ``folder`` durable."""
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Load and check an emae checkpoint; one-line errors for missing, unreadable or foreign files."""
     path = Path(path)
@@ -65,8 +36,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         if path.is_dir():  # a sharded checkpoint, gathered into this process
-            from .sharded import load_sharded
-
             ckpt = load_sharded(path)
         else:
             ckpt = torch.load(path, map_location=map_location, weights_only=False)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import fsync_dir, save_atomic
+from .atomic import fsync_dir, save_atomic
 from .distributed import DistInfo, barrier
 
 META = "meta.pt"
@@ -124,7 +124,5 @@ def load_sharded(path: Path) -> dict:
 
 def consolidate(path: str | Path, output: str | Path) -> Path:
     """Write a sharded checkpoint folder as one ordinary ``.pt`` checkpoint file."""
-    from .checkpoint import save_atomic
-
     save_atomic(load_sharded(Path(path)), output)
     return Path(output)

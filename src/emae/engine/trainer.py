@@ -7,8 +7,6 @@ a stop and ``--resume`` for the rest give the same parameters bit for bit (on CP
 
 from __future__ import annotations
 
-import contextlib
-import random
 import shutil
 import time
 import warnings
@@ -25,6 +23,7 @@ from ..data import batch_to_device, eval_transform, image_source, pretrain_loade
 from ..errors import CheckpointError, ConfigError, DataError, TrainingError
 from ..models import build_model
 from ..viz import save_reconstruction
+from .atomic import save_atomic
 from .checkpoint import (
     FORMAT,
     FORMAT_VERSION,
@@ -35,9 +34,9 @@ from .checkpoint import (
     prune_checkpoints,
     remove_temporaries,
     rng_state,
-    save_atomic,
     set_rng_state,
 )
+from .device import autocast, resolve_device, seed_everything
 from .distributed import DistInfo, all_reduce_mean, any_rank, barrier, broadcast_object, cleanup, init_distributed
 from .distributed import grad_scaler, grad_sync, mask_args, wrap_model
 from .guard import NonFiniteGuard
@@ -59,27 +58,6 @@ class RunResult:
     benchmark: dict | None = None  # --benchmark: img/s, step times, data wait, memory, TFLOP/s, MFU
     signal: str | None = None  # "SIGTERM" / "SIGINT" when a signal stopped the run (after a checkpoint)
     bad_steps: int = 0  # steps skipped by the non-finite guard
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device: {name!r} requested but CUDA is not available")
-    return torch.device(name)
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def prepare_output_dir(cfg: Config, resume: str | None, overwrite: bool) -> tuple[Path, Path | None, list[Path]]:

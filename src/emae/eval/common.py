@@ -11,7 +11,7 @@ import torch
 from timm.scheduler import CosineLRScheduler
 
 from ..data import eval_transform
-from ..engine.trainer import resolve_device
+from ..engine.device import resolve_device
 from ..errors import ConfigError
 from ..interop.load import Loaded
 from .backbone import frozen_encoder, resolve_pool

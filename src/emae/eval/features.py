@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..engine.checkpoint import save_atomic
-from ..engine.trainer import autocast
+from ..engine.atomic import save_atomic
+from ..engine.device import autocast
 
 
 @torch.inference_mode()

@@ -24,9 +24,9 @@ from torch import nn
 from tqdm import tqdm
 
 from ..data.compat import patch_timm_posterize
-from ..engine.checkpoint import save_atomic
+from ..engine.atomic import save_atomic
 from ..engine.log import JsonlLog
-from ..engine.trainer import autocast, resolve_device, seed_everything
+from ..engine.device import autocast, resolve_device, seed_everything
 from ..errors import CheckpointError, ConfigError, DataError, EmaeError
 from ..interop.load import CLASSIFIER_FORMAT, Loaded
 from .backbone import build_vit

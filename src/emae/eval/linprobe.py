@@ -24,9 +24,9 @@ from torch import nn
 from tqdm import tqdm
 
 from ..data import pretrain_transform
-from ..engine.checkpoint import save_atomic
+from ..engine.atomic import save_atomic
 from ..engine.log import JsonlLog
-from ..engine.trainer import autocast, resolve_device, seed_everything
+from ..engine.device import autocast, resolve_device, seed_everything
 from ..errors import DataError, EmaeError
 from ..interop.load import Loaded
 from .backbone import FrozenEncoder, frozen_encoder
