@@ -103,6 +103,9 @@ def test_consistency_stop_gradient(distance):
     assert (g_to_1[0] == 0).all() and (g_to_0[1] == 0).all()
     torch.testing.assert_close(g_full[0], g_to_0[0])  # part 0 gets gradient only from the term it is live in
     torch.testing.assert_close(g_full[1], g_to_1[1])
+    # ... which is exactly the gradient of the plain distance: the symmetric stop-gradient does not change training
+    (g_plain,) = torch.autograd.grad(dist(pred[0], pred[1]), pred)
+    torch.testing.assert_close(g_full, g_plain)
     same = torch.randn(1, 8, 3).expand(2, -1, -1).clone().requires_grad_(True)
     assert self_consistency(same, mask, 2, distance).item() == 0.0  # exactly zero when predictions agree
 

@@ -34,6 +34,44 @@ def test_lr_scaling_and_schedule():
     assert warmup_cosine(30, 10, 100) == pytest.approx(0.5 * (1 + math.cos(math.pi * 20 / 90)))
 
 
+def test_lr_batch_unit_counts_images_or_encoder_sequences():
+    emae = ["method=emae", "mask.type=parallel", "train.batch_size=16", "train.base_lr=1e-3"]
+    assert effective_lr(tiny_config(*emae).train, sequences_per_image=4) == pytest.approx(1e-3 * 16 / 256)
+    seq = tiny_config(*emae, "train.lr_batch_unit=sequences").train
+    assert effective_lr(seq, sequences_per_image=4) == pytest.approx(1e-3 * 64 / 256)
+    assert effective_lr(seq, sequences_per_image=4) == effective_lr(tiny_config("train.batch_size=64", "train.base_lr=1e-3").train)
+    with pytest.raises(ConfigError, match="train.lr_batch_unit: 'tokens'"):
+        tiny_config("train.lr_batch_unit=tokens")
+
+
+@pytest.mark.parametrize("mask_type,ratio,expected", [("random", 0.75, 1), ("parallel", 0.75, 4), ("parallel", 0.5, 2),
+                                                      ("uniform", 0.75, 1), ("parallel_uniform", 0.75, 4)])
+def test_sequences_per_image(mask_type, ratio, expected):
+    from emae.masks import MASKS, sequences_per_image
+
+    assert sequences_per_image(mask_type, ratio) == expected
+    grid = (8, 8)  # the mask itself makes that many sequences of each image
+    assert MASKS[mask_type](3, grid, ratio, generator=torch.Generator().manual_seed(0)).mask.shape[0] == 3 * expected
+
+
+def test_equal_compute_emae_run_gets_mae_lr(tmp_path, capsys):
+    data = tmp_path / "imgs"
+    write_images(data, 16, size=16)
+    logs = {}
+    for name, extra in (("mae", ["train.batch_size=8"]),
+                        ("emae", ["method=emae", "mask.type=parallel", "train.batch_size=2", "train.lr_batch_unit=sequences"])):
+        cfg = tiny_config(*extra, "train.max_steps=2", "data.num_workers=0", "train.num_vis=0", "train.warmup_epochs=0.5",
+                          **{"data.path": str(data), "output_dir": str(tmp_path / name)})
+        pretrain(cfg, progress=False)
+        logs[name] = read_log(tmp_path / name / "log.jsonl")[0]
+    assert logs["mae"]["lr"] == logs["emae"]["lr"] == pytest.approx(1.5e-3 * 8 / 256)
+    assert logs["mae"]["sequences_per_step"] == logs["emae"]["sequences_per_step"] == 8
+    assert logs["emae"]["lr_batch_unit"] == "sequences" and logs["emae"]["warmup_steps"] == 4
+    out = capsys.readouterr().out  # 16 images: 2 MAE steps or 8 EMAE steps an epoch; warmup 1 or 4 steps of 2
+    assert "warmup: 1 of 2 steps (50% of the run" in out
+    assert "warning: the warmup (train.warmup_epochs=0.5: 4 steps) is as long as or longer than the run (2 steps)" in out
+
+
 def test_no_weight_decay_on_biases_norms_and_tokens(tiny):
     model = build_model(tiny())
     opt = build_optimizer(model, tiny().train, 1e-3)

@@ -67,12 +67,12 @@ def test_knn_and_linprobe_cli_on_pyramids(tmp_path, capsys, over):
     assert metrics["pool"] == "avg" and metrics["options"]["pool"] == "avg"
     feats = {p.name.split("-")[0]: torch.load(p)["features"] for p in cache.glob("*.pt")}
     assert feats["train"].shape == (8, 128) and feats["val"].shape == (4, 128)
-    assert main(["linprobe", str(tmp_path / "ck.pt"), "--output", str(tmp_path / "lin"), "--fast", "--epochs", "2",
+    assert main(["linprobe", str(tmp_path / "ck.pt"), "--output", str(tmp_path / "lin"), "--C", "1",
                  "--pool", "avg", *common]) == 0
-    assert capsys.readouterr().out.startswith("linprobe (fast): top-1 ")
+    assert capsys.readouterr().out.startswith("linprobe (logreg): top-1 ")
     head = torch.load(tmp_path / "lin" / "head.pt")
-    assert head["pool"] == "avg" and head["head"]["1.weight"].shape == (2, 128)
-    assert len(list(cache.glob("*.pt"))) == 2  # linprobe --fast reused knn's features
+    assert head["pool"] == "avg" and head["weight"].shape == (1, 128)  # two classes: one logit (scikit-learn)
+    assert len(list(cache.glob("*.pt"))) == 2  # linprobe reused knn's features
 
 
 @pytest.mark.parametrize("command", ["knn", "linprobe"])

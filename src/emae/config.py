@@ -84,6 +84,7 @@ class TrainConfig:
     batch_size: int = 64  # per process, per micro-batch
     accum_iter: int = 1  # gradient accumulation: effective batch = batch_size * accum_iter * world size
     base_lr: float = 1.5e-3  # lr = base_lr * effective batch / 256 unless lr is given
+    lr_batch_unit: str = "images"  # what "batch" counts in that rule: images | sequences (EMAE: K per image)
     lr: float | None = None
     min_lr: float = 0.0
     warmup_epochs: float = 1.0
@@ -129,6 +130,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 DISTRIBUTED = ("auto", "none", "ddp", "fsdp")
 DIST_BACKENDS = ("auto", "nccl", "gloo")
 FSDP_CHECKPOINTS = ("full", "sharded")
+LR_BATCH_UNITS = ("images", "sequences")
 
 
 # ---------------------------------------------------------------- loading
@@ -386,6 +388,7 @@ def validate(cfg: Config) -> None:
         v = getattr(t, key)
         _require(v > 0, f"train.{key}", v, "must be a positive integer")
     _require(t.base_lr > 0, "train.base_lr", t.base_lr, "must be positive")
+    _require(t.lr_batch_unit in LR_BATCH_UNITS, "train.lr_batch_unit", t.lr_batch_unit, f"choose one of {list(LR_BATCH_UNITS)}")
     _require(t.lr is None or t.lr > 0, "train.lr", t.lr, "must be positive or null")
     _require(t.min_lr >= 0, "train.min_lr", t.min_lr, "must be >= 0")
     _require(t.warmup_epochs >= 0, "train.warmup_epochs", t.warmup_epochs, "must be >= 0")

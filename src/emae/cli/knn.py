@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--temperature", type=float, default=0.07, help="vote weight exp(sim / T) (0.07)")
     g.add_argument("--pool", choices=["cls", "avg"],
                    help="feature: cls token or mean patch token (ViT default cls); pyramids: avg only, the default")
-    g.add_argument("--feature-cache", metavar="DIR", help="keep the frozen features here; linprobe --fast reuses them")
+    g.add_argument("--feature-cache", metavar="DIR", help="keep the frozen features here; linprobe reuses them")
     add_run_args(p, batch_size=256)
     p.set_defaults(run=run)
 

@@ -11,11 +11,14 @@ from torch import nn
 from ..config import TrainConfig
 
 
-def effective_lr(t: TrainConfig, world_size: int = 1) -> float:
-    """``lr`` if given, else base_lr * effective batch / 256 (MAE's linear scaling rule)."""
+def effective_lr(t: TrainConfig, world_size: int = 1, sequences_per_image: int = 1) -> float:
+    """``lr`` if given, else base_lr * effective batch / 256 (MAE's linear scaling rule). With
+    ``t.lr_batch_unit == "sequences"`` the batch counts encoder sequences (images x ``sequences_per_image``: K for
+    EMAE's parallel masks), so an EMAE step that encodes as many sequences as an MAE step gets MAE's lr."""
     if t.lr is not None:
         return t.lr
-    return t.base_lr * t.batch_size * t.accum_iter * world_size / 256
+    per_image = sequences_per_image if t.lr_batch_unit == "sequences" else 1
+    return t.base_lr * t.batch_size * per_image * t.accum_iter * world_size / 256
 
 
 def build_optimizer(model: nn.Module, t: TrainConfig, lr: float) -> torch.optim.AdamW:

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from ..config import Config
 from ..data import batch_to_device, eval_transform, image_source, pretrain_loader
 from ..errors import CheckpointError, ConfigError, DataError, TrainingError
+from ..masks import sequences_per_image
 from ..models import build_model
 from ..viz import save_reconstruction
 from .atomic import save_atomic
@@ -81,6 +82,20 @@ def prepare_output_dir(cfg: Config, resume: str | None, overwrite: bool) -> tupl
     if existing and not overwrite:
         raise ConfigError(f"output folder {out} already holds a run; pass --resume auto to continue it or --overwrite")
     return out, None, existing
+
+
+def warmup_notes(t, warmup_steps: float, total_steps: int) -> list[str]:
+    """What a run's warmup means for its length: a warning when the lr never reaches its peak, and the warmup
+    share of the run when ``train.max_steps`` sets the length (epochs-based warmup then rarely fits by itself)."""
+    notes = []
+    if warmup_steps >= total_steps:
+        notes.append(f"warning: the warmup (train.warmup_epochs={t.warmup_epochs:g}: {warmup_steps:.0f} steps) is as "
+                     f"long as or longer than the run ({total_steps} steps): the lr never reaches its peak; lower "
+                     "train.warmup_epochs")
+    elif t.max_steps is not None:
+        notes.append(f"warmup: {warmup_steps:.0f} of {total_steps} steps ({100 * warmup_steps / total_steps:.0f}% of "
+                     f"the run, train.warmup_epochs={t.warmup_epochs:g})")
+    return notes
 
 
 def vis_batch(cfg: Config, source, device: torch.device) -> torch.Tensor | None:
@@ -171,7 +186,8 @@ def _pretrain(cfg: Config, info: DistInfo, resume: str | None, overwrite: bool, 
         init_info = init_from(model, init)
     wrapped = wrap_model(model, info, t.precision)  # DDP wrapper, or FSDP shards ``model`` in place
     forward = maybe_compile(wrapped, t.compile)  # checkpoints keep using ``model``
-    lr = effective_lr(t, info.world_size)
+    per_image = sequences_per_image(cfg.mask.type, cfg.mask.ratio)
+    lr = effective_lr(t, info.world_size, per_image)
     opt = build_optimizer(model, t, lr)
     total_steps = t.max_steps or t.epochs * steps_per_epoch
     sched = build_scheduler(opt, t, lr, steps_per_epoch, total_steps)
@@ -200,10 +216,14 @@ def _pretrain(cfg: Config, info: DistInfo, resume: str | None, overwrite: bool, 
         remove_temporaries(out)  # half-written checkpoints of a killed run
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     log = JsonlLog(out / "log.jsonl") if main else _NoLog()
+    warmup_steps = t.warmup_epochs * steps_per_epoch
     if resume_path is None:
+        global_batch = t.batch_size * t.accum_iter * info.world_size
         log.write(type="start", lr=lr, steps_per_epoch=steps_per_epoch, images=len(source), data=str(source.root),
                   params=sum(p.numel() for p in model.parameters() if p.requires_grad), world_size=info.world_size,
-                  global_batch=t.batch_size * t.accum_iter * info.world_size, **init_info)
+                  global_batch=global_batch, sequences_per_step=global_batch * per_image,
+                  lr_batch_unit=t.lr_batch_unit, total_steps=total_steps, warmup_steps=warmup_steps,
+                  warmup_fraction=min(1.0, warmup_steps / total_steps), **init_info)
     else:
         log.write(type="resume", checkpoint=str(resume_path), global_step=global_step)
 
@@ -234,6 +254,9 @@ def _pretrain(cfg: Config, info: DistInfo, resume: str | None, overwrite: bool, 
 
     bar = tqdm(total=total_steps, initial=global_step, unit="step", disable=not (progress and main),
                dynamic_ncols=True)
+    if main and resume_path is None:
+        for line in warmup_notes(t, warmup_steps, total_steps):
+            bar.write(line)
     model.train()
     if timer is not None:
         timer.begin()

@@ -35,7 +35,7 @@ class EvalOptions:
     max_train: int | None = None  # class-balanced subsets, for quick runs
     max_val: int | None = None
     pool: str | None = None  # frozen features: cls | avg; None: cls for a ViT, avg for a pyramid (its only one)
-    feature_cache: str | None = None  # folder to keep frozen features in (knn and linprobe --fast share them)
+    feature_cache: str | None = None  # folder to keep frozen features in (knn and linprobe share them)
     progress: bool = True
 
     def to_dict(self) -> dict:

@@ -3,6 +3,10 @@
 For every pair of parts i < j, on the patches masked in *both* parts, each prediction is pulled toward the
 other's frozen value: d(sg(P_i), P_j) + d(P_i, sg(P_j)), sg = stop-gradient. The result is the mean over
 pairs and positions (each term a mean over the patch's p*p*C values). d is L1 (default) or L2 (squared).
+
+This symmetric form is the paper's description, kept as written, but its stop-gradients change nothing in
+training: its gradient is exactly that of d(P_i, P_j) (each side receives the gradient of the one term it is live
+in), and only its value is doubled. An asymmetric form (one side always frozen) would train differently.
 """
 
 from __future__ import annotations

@@ -25,6 +25,13 @@ PARALLEL_MASKS = {"parallel", "parallel_uniform"}
 UNIFORM_MASKS = {"uniform", "parallel_uniform"}  # take ``secondary_ratio``; ratio 0.75 only
 
 
+def sequences_per_image(name: str, ratio: float) -> int:
+    """Encoder sequences a mask makes of each image: K for parallel masks, 1 for the others."""
+    if name == "parallel":
+        return num_parts(ratio)
+    return 4 if name == "parallel_uniform" else 1  # one per position of each 2x2 cell
+
+
 def get_mask_fn(name: str) -> MaskFn:
     from ..errors import ConfigError
 
@@ -33,4 +40,4 @@ def get_mask_fn(name: str) -> MaskFn:
     return MASKS[name]
 
 
-__all__ = ["MASKS", "PARALLEL_MASKS", "UNIFORM_MASKS", "UNIFORM_RATIO", "parallel_uniform_mask", "uniform_mask", "num_parts", "parallel_mask", "Mask", "MaskFn", "check_ratio", "draw_noise", "get_mask_fn", "random_mask"]
+__all__ = ["MASKS", "PARALLEL_MASKS", "UNIFORM_MASKS", "UNIFORM_RATIO", "parallel_uniform_mask", "uniform_mask", "num_parts", "parallel_mask", "Mask", "MaskFn", "check_ratio", "draw_noise", "get_mask_fn", "random_mask", "sequences_per_image"]
