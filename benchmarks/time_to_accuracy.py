@@ -1,24 +1,39 @@
-"""Time to accuracy: MAE against EMAE on CIFAR-10 at the same wall-clock budget (issue: EMAE's claims).
+"""Time to accuracy: MAE against EMAE (and its ablations) on CIFAR-10 ViT-Tiny/4, at equal compute.
 
-Each run pre-trains ViT-Tiny/4 (decoder 4x128) with the same optimiser settings for ``--budget-min`` minutes.
-The budget is turned into a step count by timing a few real steps of each run back to back, so the lr
-schedule (5% warmup, cosine) spans each run's whole budget; a step-based warmup would leave EMAE, whose steps
-cost about K times more, at a near-zero lr for its whole short run (SPEC §2).
+Equal compute means equal encoder sequences per step, the same lr and the same number of steps. An MAE step
+encodes B images (B sequences); an EMAE step encodes B/K images in K parts each (B sequences), with
+``train.lr_batch_unit=sequences`` so both get lr = base_lr x B / 256. Every run has a 5% warmup and a cosine over
+its own steps, and writes ``--evals`` checkpoints along the way. Variants (one factor changed at a time):
 
-Runs: ``mae`` (batch B), ``emae`` (batch B: equal batch, about K x the compute per step) and ``emae_eq``
-(batch B/K: equal compute per step). Checkpoints every budget/evals minutes are evaluated afterwards, with a
-randomly initialised encoder as the baseline (3 seeds), by k-NN (k=20) and a fast linear probe on frozen
-features (mean patch token by default) of a class-balanced subset. The script then prints accuracy against wall time, the ratio "time EMAE needs
-to reach MAE's final accuracy / MAE's time", and the prediction consistency of the final checkpoints.
+  mae           random mask, B images per step
+  emae          parallel mask (K = 4), self-consistency lambda = 1, B/K images per step
+  emae_nocons   the parallel mask alone (consistency off)
+  emae_l01      lambda = 0.1
+  emae_k2       mask ratio 0.5 (K = 2), B/2 images per step
+  emae_img      B images per step (B x K sequences) at the same lr, for steps / K steps: the equal-batch setting
+                the paper would run, at equal total compute
+  umae_vit      UM-MAE's uniform mask + secondary masking on the same ViT, B images per step
+  emae_um       parallel-uniform mask (EMAE x UM-MAE: 4 disjoint uniform parts) + consistency, B/4 images
 
-    python benchmarks/time_to_accuracy.py --data ../shared/data/cifar10 --budget-min 20
-    python benchmarks/time_to_accuracy.py --phase eval --out runs/tta      # re-evaluate existing runs
+A run is named VARIANT-sSEED (mae-s0). Phases, each resumable:
+
+  pretrain   train the named runs one after another (``--resume auto``: a killed run continues)
+  eval       evaluate every checkpoint not yet in OUT/eval.json, plus random-init encoders (--random-seeds):
+             the converged logistic-regression probe and k-NN (raw and centred), mean patch token
+  calibrate  time each variant's step back to back (steps/s), for the wall-clock axis (OUT/rates.json)
+  finetune   fine-tune the final checkpoints of the named runs and random init (short-budget recipe), per seed
+  report     the table, the ratio "EMAE's time to MAE's final accuracy / MAE's time", and the plot
+
+    python benchmarks/time_to_accuracy.py --phase pretrain --runs mae-s0 emae-s0
+    python benchmarks/time_to_accuracy.py --phase eval
+    python benchmarks/time_to_accuracy.py --phase report
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -28,118 +43,242 @@ from emae.config import load_config
 from emae.engine import list_checkpoints, load_checkpoint, pretrain, read_log
 
 RECIPE = "mae_vit_tiny_p4_cifar10"
+VARIANTS: dict[str, dict] = {  # overrides and encoder sequences per image (K)
+    "mae": {"parts": 1, "overrides": []},
+    "emae": {"parts": 4, "overrides": ["method=emae", "mask.type=parallel"]},
+    "emae_nocons": {"parts": 4, "overrides": ["method=emae", "mask.type=parallel", "consistency.enabled=false"]},
+    "emae_l01": {"parts": 4, "overrides": ["method=emae", "mask.type=parallel", "consistency.weight=0.1"]},
+    "emae_k2": {"parts": 2, "overrides": ["method=emae", "mask.type=parallel", "mask.ratio=0.5"]},
+    "emae_img": {"parts": 4, "overrides": ["method=emae", "mask.type=parallel"], "equal_images": True},
+    "umae_vit": {"parts": 1, "overrides": ["method=umae", "mask.type=uniform"]},
+    "emae_um": {"parts": 4, "overrides": ["method=umae", "mask.type=parallel_uniform"]},
+}
+LABELS = {"mae": "MAE", "emae": "EMAE (lambda 1)", "emae_nocons": "EMAE, no consistency", "emae_l01": "EMAE (lambda 0.1)",
+          "emae_k2": "EMAE K=2", "emae_img": "EMAE, equal images/step", "umae_vit": "UM-MAE mask on ViT",
+          "emae_um": "parallel-uniform (EMAE x UM)", "random": "random init"}
+METRICS = ("logreg", "knn", "knn_centred")
 
 
-def run_config(name: str, args: argparse.Namespace, out: Path, **train):
-    method = "emae" if name.startswith("emae") else "mae"
-    batch = args.batch // 4 if name == "emae_eq" else args.batch
-    overrides = [f"method={method}", f"mask.type={'parallel' if method == 'emae' else 'random'}",
-                 f"train.batch_size={batch}", f"train.seed={args.seed}", "train.num_vis=8",
-                 f"data.num_workers={args.workers}", *args.override]
-    overrides += [f"train.{k}={v}" for k, v in train.items()]
+def split_name(run: str) -> tuple[str, int]:
+    variant, _, seed = run.rpartition("-s")
+    if variant not in VARIANTS or not seed.isdigit():
+        raise SystemExit(f"run {run!r}: expected VARIANT-sSEED with VARIANT one of {sorted(VARIANTS)}")
+    return variant, int(seed)
+
+
+def run_config(run: str, args: argparse.Namespace, out: Path, steps: int | None = None):
+    variant, seed = split_name(run)
+    v = VARIANTS[variant]
+    images = args.batch if v.get("equal_images") else args.batch // v["parts"]
+    steps = steps or (args.steps // v["parts"] if v.get("equal_images") else args.steps)
+    steps_per_epoch = args.train_size // images
+    overrides = [*v["overrides"], f"train.batch_size={images}", f"train.seed={seed}", f"train.max_steps={steps}",
+                 f"train.lr_batch_unit={'images' if v.get('equal_images') else 'sequences'}",
+                 f"train.warmup_epochs={0.05 * steps / steps_per_epoch!r}",  # 5% of the run, in steps
+                 f"train.save_every_steps={max(1, steps // args.evals)}", "train.save_every=1000000",
+                 "train.keep_last=0", "train.log_every=5", f"data.num_workers={args.workers}", *args.override]
     return load_config(RECIPE, overrides, **{"data.path": str(Path(args.data) / "train"), "output_dir": str(out)})
 
 
-def calibrate(name: str, args: argparse.Namespace, root: Path) -> float:
-    """Optimiser steps per second of this run on this machine, from a few real steps."""
-    cfg = run_config(name, args, root / f"calibrate-{name}", max_steps=12, log_every=4, save_every=10**6)
-    pretrain(cfg, overwrite=True, progress=False)
-    last = [r for r in read_log(root / f"calibrate-{name}" / "log.jsonl") if r["type"] == "train"][-1]
-    return last["img_per_s"] / cfg.train.batch_size
-
-
 def pretrain_phase(args: argparse.Namespace, root: Path) -> None:
-    known = json.loads(Path(args.rates).read_text()) if args.rates else {}
-    rates = {name: known[name] if name in known else calibrate(name, args, root) for name in args.runs}
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "rates.json").write_text(json.dumps({**known, **rates}))
-    for name in args.runs:
-        steps = max(args.evals, int(args.budget_min * 60 * rates[name]))
-        cfg = run_config(name, args, root / name, max_steps=steps, log_every=5,
-                         save_every_steps=max(1, steps // args.evals), keep_last=0)
-        spe = 50_000 // cfg.train.batch_size
-        cfg.train.warmup_epochs = 0.05 * steps / spe
-        print(f"{name}: {rates[name]:.3f} steps/s -> {steps} steps of batch {cfg.train.batch_size}", flush=True)
-        pretrain(cfg, overwrite=True, progress=False)
+    for run in args.runs:
+        cfg = run_config(run, args, root / run)
+        print(f"{run}: {cfg.train.max_steps} steps of {cfg.train.batch_size} images", flush=True)
+        pretrain(cfg, resume="auto", progress=False)
 
 
-def checkpoint_minutes(root: Path, name: str, step: int) -> tuple[float, float]:
-    """(budget minutes, measured minutes) at ``step``. The budget clock is step / calibrated rate: immune to
-    other load on the machine during the run; the measured clock is the log's wall time."""
-    rate = json.loads((root / "rates.json").read_text())[name]
-    records = read_log(root / name / "log.jsonl")
-    start = next(r["time"] for r in records if r["type"] == "start")
-    measured = next(r["time"] - start for r in records if r["type"] == "train" and r["step"] >= step)
-    return step / rate / 60, measured / 60
+def calibrate_phase(args: argparse.Namespace, root: Path) -> None:
+    """Steps/s of each variant on this machine: rounds of a few timed steps per variant in turn, so load hits
+    them alike; the median step time of each."""
+    from emae.engine.perf import StepTimer
+
+    times: dict[str, list[float]] = {}
+    variants = sorted({split_name(r)[0] for r in args.runs})
+    for _ in range(args.calibrate_rounds):
+        for variant in variants:
+            cfg = run_config(f"{variant}-s0", args, root / f"calibrate-{variant}", steps=args.calibrate_steps + 2)
+            cfg.train.num_vis, cfg.train.save_every_steps = 0, 0
+            timer = StepTimer(warmup=2)
+            pretrain(cfg, overwrite=True, progress=False, timer=timer)
+            times.setdefault(variant, []).extend(timer.step_times)
+    old = json.loads((root / "rates.json").read_text()) if (root / "rates.json").exists() else {}
+    rates = {**old, **{v: 1.0 / statistics.median(t) for v, t in times.items()}}
+    (root / "rates.json").write_text(json.dumps(rates, indent=2))
+    for v in variants:
+        print(f"{v}: {rates[v]:.4f} steps/s ({statistics.median(times[v]) * 1000:.0f} ms a step, "
+              f"{rates[v] / rates.get('mae', rates[v]):.3f} x MAE's rate)")
 
 
-def eval_phase(args: argparse.Namespace, root: Path) -> dict:
+def eval_phase(args: argparse.Namespace, root: Path) -> None:
     from frozen_eval import FrozenEval  # beside this script
 
-    evaluator = FrozenEval(Path(args.data), args.train_images, args.test_images, args.batch_eval, pool=args.pool)
-    results: dict = {"random": evaluator.random_baseline(run_config("mae", args, root / "mae"), seeds=args.seeds)}
-    print(f"random init: {results['random']}", flush=True)
-    for name in args.runs:
-        rows = []
-        for path in sorted(list_checkpoints(root / name)):
-            step = load_checkpoint(path)["global_step"]
-            minutes, measured = checkpoint_minutes(root, name, step)
-            acc = evaluator.checkpoint(path)
-            rows.append({"step": step, "minutes": minutes, "measured_minutes": measured, **acc})
-            print(f"{name} step {step:5d} {minutes:6.1f} min ({measured:.1f} measured)  {acc}", flush=True)
-        results[name] = rows
-    results["consistency"] = {name: evaluator.consistency(list_checkpoints(root / name)[0]) for name in args.runs}
-    return results
+    store = root / "eval.json"
+    done = json.loads(store.read_text()) if store.exists() else {}
+    ev = FrozenEval(Path(args.data), args.train_images, args.test_images, root / "features", args.batch_eval)
+    done.setdefault("sizes", list(ev.sizes))
+
+    def save(key: str, result: dict) -> None:
+        done[key] = result
+        store.write_text(json.dumps(done, indent=2))
+        print(key, result, flush=True)
+
+    model_cfg = run_config("mae-s0", args, root / "mae-s0").model
+    for seed in range(args.random_seeds):
+        if f"random-s{seed}" not in done:
+            save(f"random-s{seed}", ev.random_init(model_cfg, seed))
+    for run in args.runs or sorted(p.name for p in root.iterdir() if (p / "log.jsonl").exists() and "-s" in p.name):
+        for path in sorted(list_checkpoints(root / run)):
+            key = f"{run}/{path.name}"
+            if key not in done:
+                step = load_checkpoint(path)["global_step"]
+                save(key, {"step": step, **ev.checkpoint(path)})
 
 
-def time_to_reach(rows: list[dict], target: float, key: str) -> float | None:
-    """Minutes at which ``key`` first reaches ``target`` (linear interpolation between evaluations)."""
-    prev = (0.0, float("-inf"))
-    for r in rows:
-        if r[key] >= target:
-            if prev[1] == float("-inf"):
-                return r["minutes"]
-            t0, a0 = prev
-            return t0 + (r["minutes"] - t0) * (target - a0) / max(r[key] - a0, 1e-9)
-        prev = (r["minutes"], r[key])
+def finetune_phase(args: argparse.Namespace, root: Path) -> None:
+    """The short-budget fine-tune that beats random init (benchmarks/RESULTS.md), on each run's last checkpoint
+    and on random init, one fine-tune per seed in --finetune-seeds."""
+    from emae.cli.main import main as emae_main
+
+    common = ["--arch", "vit_tiny", "--patch-size", "4", "--img-size", "32", "--mean", "0.4914", "0.4822", "0.4465",
+              "--std", "0.2470", "0.2435", "0.2616", "--data", args.data, "--max-train", "4000", "--max-val", "2000",
+              "--epochs", "3", "--warmup-epochs", "0.5", "--lr", "1e-3", "--layer-decay", "0.75", "--mixup", "0",
+              "--cutmix", "0", "--aa", "none", "--reprob", "0", "--batch-size", "64", "--no-progress"]
+    store = root / "finetune.json"
+    done = json.loads(store.read_text()) if store.exists() else {}
+    sources = {"random": "random", **{run: str(list_checkpoints(root / run)[0]) for run in args.runs}}
+    for name, ckpt in sources.items():
+        for seed in args.finetune_seeds:
+            key = f"{name}/seed{seed}"
+            if key in done:
+                continue
+            out = root / "finetune" / name / f"seed{seed}"
+            emae_main(["finetune", ckpt, *common, "--seed", str(seed), "--output", str(out), "--overwrite"])
+            m = json.loads((out / "metrics.json").read_text())
+            done[key] = {"top1": m["top1"], "top5": m.get("top5"), "checkpoint": ckpt}
+            store.write_text(json.dumps(done, indent=2))
+            print(key, done[key], flush=True)
+
+
+# ---------------------------------------------------------------- report
+
+
+def curves(root: Path, done: dict) -> dict[str, list[dict]]:
+    """Per run: its evaluated checkpoints in step order, with the compute axis (encoder sequences seen)."""
+    out: dict[str, list[dict]] = {}
+    for key, r in done.items():
+        if "/" not in key:
+            continue
+        run = key.split("/")[0]
+        start = next(x for x in read_log(root / run / "log.jsonl") if x["type"] == "start")
+        per_step = start.get("sequences_per_step") or start["global_batch"] * VARIANTS[split_name(run)[0]]["parts"]
+        out.setdefault(run, []).append({**r, "sequences": r["step"] * per_step})
+    return {run: sorted(rows, key=lambda x: x["step"]) for run, rows in out.items()}
+
+
+def by_variant(runs: dict[str, list[dict]]) -> dict[str, dict[int, list[dict]]]:
+    """variant -> step -> the seeds' rows at that step."""
+    grouped: dict[str, dict[int, list[dict]]] = {}
+    for run, rows in runs.items():
+        for r in rows:
+            grouped.setdefault(split_name(run)[0], {}).setdefault(r["step"], []).append(r)
+    return grouped
+
+
+def time_to_reach(points: list[tuple[float, float]], target: float) -> float | None:
+    """First x at which the curve (linear between points, starting at its first point) reaches ``target``."""
+    prev = None
+    for x, y in points:
+        if y >= target:
+            if prev is None:
+                return x
+            x0, y0 = prev
+            return x0 + (x - x0) * (target - y0) / max(y - y0, 1e-9)
+        prev = (x, y)
     return None
 
 
-def report(results: dict, args: argparse.Namespace, root: Path) -> None:
-    rnd = results["random"]
-    print(f"\nrandom-init baseline: knn {rnd['knn']:.2f} ± {rnd.get('knn_std', 0):.2f}, "
-          f"linprobe {rnd['linprobe']:.2f} ± {rnd.get('linprobe_std', 0):.2f}")
-    for key in ("knn", "linprobe"):
-        mae_rows = results["mae"]
-        target, mae_time = mae_rows[-1][key], mae_rows[-1]["minutes"]
-        for name in args.runs:
-            if name == "mae":
-                continue
-            t = time_to_reach(results[name], target, key)
-            ratio = f"{t / mae_time:.2f}" if t is not None else "not reached"
-            print(f"ratio {key} {name}: time to MAE's final {target:.2f} / MAE's time = {ratio}")
-    for name, c in results["consistency"].items():
-        print(f"consistency {name}: variance {c['variance']:.4f} pairwise {c['pairwise']:.4f}")
-    (root / "results.json").write_text(json.dumps(results, indent=2))
-    plot(results, args, Path(args.plot))
+def ratios(runs: dict[str, list[dict]], metric: str, variant: str) -> list[str]:
+    """Per seed s: (sequences variant-sS needs to reach mae-sS's final accuracy) / (mae-sS's sequences)."""
+    out = []
+    for run, rows in sorted(runs.items()):
+        v, seed = split_name(run)
+        mae = runs.get(f"mae-s{seed}")
+        if v != variant or not mae:
+            continue
+        target, budget = mae[-1][metric], mae[-1]["sequences"]
+        t = time_to_reach([(r["sequences"], r[metric]) for r in rows], target)
+        out.append(f"s{seed}: {t / budget:.2f}" if t is not None else
+                   f"s{seed}: not reached ({rows[-1][metric]:.2f} vs {target:.2f} at the end)")
+    return out
 
 
-def plot(results: dict, args: argparse.Namespace, path: Path) -> None:
+def report_phase(args: argparse.Namespace, root: Path) -> None:
+    done = json.loads((root / "eval.json").read_text())
+    rates = json.loads((root / "rates.json").read_text()) if (root / "rates.json").exists() else {}
+    runs = curves(root, done)
+    grouped = by_variant(runs)
+    rnd = [v for k, v in done.items() if k.startswith("random-s")]
+    n_train, n_test = done.get("sizes", [None, None])
+    print(f"frozen evaluation: {n_train} training / {n_test} test images, mean patch token\n")
+    print("| run | seeds | step | encoder sequences (M) | " + " | ".join(METRICS) + " |")
+    print("|---|---|---|---|" + "---|" * len(METRICS))
+    line = " | ".join(f"{m:.2f} ± {s:.2f}" for m, s in (mean_std(rnd, k) for k in METRICS))
+    print(f"| random init | {len(rnd)} | 0 | 0 | {line} |")
+    for variant, steps in grouped.items():
+        for step, rows in sorted(steps.items()):
+            line = " | ".join(f"{m:.2f} ± {s:.2f}" for m, s in (mean_std(rows, k) for k in METRICS))
+            print(f"| {variant} | {len(rows)} | {step} | {rows[0]['sequences'] / 1e6:.3f} | {line} |")
+    print()
+    for metric in METRICS:
+        for variant in grouped:
+            if variant != "mae":
+                r = ratios(runs, metric, variant)
+                if r:
+                    print(f"ratio {metric} {variant}: sequences to MAE's final / MAE's sequences: {'; '.join(r)}")
+    if (root / "finetune.json").exists():
+        ft = json.loads((root / "finetune.json").read_text())
+        names = sorted({k.split("/")[0] for k in ft})
+        print("\nfine-tune top-1 (" + ", ".join(f"{n}: {mean_std([v for k, v in ft.items() if k.startswith(n + '/')], 'top1')[0]:.2f}"
+                                               f" ± {mean_std([v for k, v in ft.items() if k.startswith(n + '/')], 'top1')[1]:.2f}"
+                                               for n in names) + ")")
+    plot(grouped, rnd, rates, Path(args.plot))
+
+
+def mean_std(rows: list[dict], key: str) -> tuple[float, float]:
+    values = [r[key] for r in rows]
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def plot(grouped: dict, rnd: list[dict], rates: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key in zip(axes, ("knn", "linprobe")):
-        for name in args.runs:
-            rows = results[name]
-            ax.plot([r["minutes"] for r in rows], [r[key] for r in rows], marker="o", label=name)
-        ax.axhline(results["random"][key], color="grey", linestyle="--", label="random init")
-        ax.set_xlabel("pre-training wall time (min, 2 CPU cores)")
-        ax.set_ylabel(f"{key} top-1 (%)")
-        ax.set_title(f"CIFAR-10 ViT-Tiny/4: {key}")
-        ax.legend()
+    axes_x = [("sequences", "encoder sequences seen (millions)", 1e-6)]
+    if rates:
+        axes_x.append(("minutes", "pre-training time (min, 1 CPU thread, calibrated)", 1.0))
+    fig, axes = plt.subplots(len(axes_x), 2, figsize=(12, 4.2 * len(axes_x)), squeeze=False)
+    for row, (xkey, xlabel, scale) in zip(axes, axes_x):
+        for ax, metric in zip(row, ("logreg", "knn")):
+            m, s = mean_std(rnd, metric)
+            ax.axhspan(m - s, m + s, color="grey", alpha=0.25)
+            ax.axhline(m, color="grey", linestyle="--", label=f"random init ({len(rnd)} seeds)")
+            for variant, steps in grouped.items():
+                if xkey == "minutes" and variant not in rates:
+                    continue
+                pts = sorted(steps.items())
+                xs = [(rows[0]["sequences"] * scale if xkey == "sequences" else step / rates[variant] / 60)
+                      for step, rows in pts]
+                ms = [mean_std(rows, metric) for _, rows in pts]
+                seeds = max(len(rows) for _, rows in pts)
+                line, = ax.plot(xs, [a for a, _ in ms], marker="o", label=f"{LABELS[variant]} ({seeds} seed{'s' * (seeds > 1)})")
+                if seeds > 1:
+                    ax.fill_between(xs, [a - b for a, b in ms], [a + b for a, b in ms], color=line.get_color(), alpha=0.2)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(f"{'converged linear probe' if metric == 'logreg' else 'k-NN (k=20)'} top-1 (%)")
+            ax.set_title(f"CIFAR-10, ViT-Tiny/4: {metric}")
+            ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -148,31 +287,33 @@ def plot(results: dict, args: argparse.Namespace, path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--phase", choices=["pretrain", "eval", "calibrate", "finetune", "report"], required=True)
     p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"))
     p.add_argument("--out", default="runs/time_to_accuracy")
-    p.add_argument("--budget-min", type=float, default=20.0, help="pre-training minutes per run")
-    p.add_argument("--evals", type=int, default=5, help="checkpoints evaluated per run")
-    p.add_argument("--runs", nargs="+", default=["mae", "emae", "emae_eq"], choices=["mae", "emae", "emae_eq"])
-    p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--seeds", type=int, default=3, help="random-init baselines (for the spread)")
-    p.add_argument("--train-images", type=int, default=5000, help="class-balanced subset for the frozen evals")
-    p.add_argument("--test-images", type=int, default=2000)
-    p.add_argument("--pool", choices=["avg", "cls"], default="avg", help="frozen feature: mean patch token or cls")
+    p.add_argument("--runs", nargs="*", default=[], help="VARIANT-sSEED names (eval: default every run in --out)")
+    p.add_argument("--steps", type=int, default=1170, help="optimiser steps of an equal-compute run (1170 = 6 MAE epochs)")
+    p.add_argument("--evals", type=int, default=6, help="checkpoints along each run")
+    p.add_argument("--batch", type=int, default=256, help="encoder sequences per step (MAE: images)")
+    p.add_argument("--train-size", type=int, default=50_000, help="training images (for epochs <-> steps)")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: runs can share a 2-core machine)")
+    p.add_argument("--train-images", type=int, default=10_000, help="class-balanced training subset for the frozen evals")
+    p.add_argument("--test-images", type=int, default=None, help="test subset (default: the full 10,000)")
+    p.add_argument("--random-seeds", type=int, default=3, help="random-init encoders evaluated (the baseline band)")
     p.add_argument("--batch-eval", type=int, default=500)
-    p.add_argument("--rates", help="rates.json of an earlier run: reuse its step rates (same step counts, e.g. for ablations)")
-    p.add_argument("--phase", choices=["all", "pretrain", "eval"], default="all")
+    p.add_argument("--finetune-seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--calibrate-steps", type=int, default=6)
+    p.add_argument("--calibrate-rounds", type=int, default=3)
     p.add_argument("--plot", default="docs/time_to_accuracy.png")
-    p.add_argument("override", nargs="*", help="extra config overrides for every run, e.g. consistency.weight=0.5")
+    p.add_argument("override", nargs="*", help="extra config overrides for every run, e.g. consistency.distance=l2")
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     root = Path(args.out)
+    root.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    if args.phase in ("all", "pretrain"):
-        pretrain_phase(args, root)
-    if args.phase in ("all", "eval"):
-        report(eval_phase(args, root), args, root)
-    print(f"total {(time.time() - start) / 60:.1f} min; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    {"pretrain": pretrain_phase, "eval": eval_phase, "calibrate": calibrate_phase, "finetune": finetune_phase,
+     "report": report_phase}[args.phase](args, root)
+    print(f"{args.phase}: {(time.time() - start) / 60:.1f} min; torch {torch.__version__}, {torch.get_num_threads()} threads")
 
 
 if __name__ == "__main__":
