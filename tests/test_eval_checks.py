@@ -24,7 +24,8 @@ def no_work(monkeypatch):
     common = importlib.import_module("emae.eval.common")
     monkeypatch.setattr(common, "extract_features", fail)
     monkeypatch.setattr(common, "frozen_encoder", fail)
-    monkeypatch.setattr(importlib.import_module("emae.eval.finetune"), "classifier", fail)  # the module, not the function
+    finetune = importlib.import_module("emae.eval.finetune")  # the module (emae.eval.finetune is also a function)
+    monkeypatch.setattr(finetune, "classifier", fail)
 
 
 @pytest.mark.parametrize("command", ["linprobe", "finetune"])

@@ -121,7 +121,8 @@ def test_cli_finetune_seeds(tmp_path, capsys):
     line = capsys.readouterr().out.strip()
     m = json.loads((out / "metrics.json").read_text())
     runs = [json.loads((out / f"seed-{s}" / "metrics.json").read_text()) for s in (0, 1)]
-    assert m["per_seed"] == runs and m["seeds"] == [0, 1] and all((out / f"seed-{s}" / "best.pt").is_file() for s in (0, 1))
+    assert m["per_seed"] == runs and m["seeds"] == [0, 1]
+    assert all((out / f"seed-{s}" / "best.pt").is_file() for s in (0, 1))
     a, b = (r["top1"] for r in runs)
     assert a != b and m["top1"] == pytest.approx((a + b) / 2) and m["std"]["top1"] == pytest.approx(abs(a - b) / 2**0.5)
     assert [r["options"]["seed"] for r in runs] == [0, 1] and "best_checkpoint" not in m

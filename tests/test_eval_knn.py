@@ -132,7 +132,8 @@ def test_k_above_the_training_set_is_reported_under_the_k_used(tmp_path, capsys)
                  "--k", "4", "20", "200", "--center", "none"]) == 0
     captured = capsys.readouterr()
     assert "emae: warning: --k 20, 200 capped to 16, the number of training images" in captured.err
-    assert captured.out.startswith("knn: k=4 top-1 100.00% top-5 100.00%, k=16 top-1 100.00%") and "k=20" not in captured.out
+    assert captured.out.startswith("knn: k=4 top-1 100.00% top-5 100.00%, k=16 top-1 100.00%")
+    assert "k=20" not in captured.out
     m = json.loads((out / "metrics.json").read_text())
     assert "k=16" in m and "k=20" not in m and "k=200" not in m and "centred" not in m
     assert m["k_requested"] == [4, 20, 200] and "capped to 16" in m["warnings"][0]

@@ -95,7 +95,8 @@ class ConsistencyStats:
 
     def summary(self) -> dict[str, float]:
         if self.patches == 0:
-            raise ConfigError("no patch was masked in two or more rounds; raise --rounds or --ratio, or use more images")
+            raise ConfigError("no patch was masked in two or more rounds; raise --rounds or --ratio, or use more "
+                              "images")
         variance = self.variance_sum / self.patches
         spread = self.spread_sum / max(self.spread_images, 1)
         return {
