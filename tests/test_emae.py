@@ -133,17 +133,26 @@ def test_emae_trains_and_logs_terms(tmp_path):
 
 
 def test_consistency_measure_definitions():
-    from emae.eval.consistency import consistency_stats
+    from emae.eval.consistency import ConsistencyStats
 
     # two rounds, one image, two patches both masked in both rounds; values chosen by hand
-    preds = torch.tensor([[[[0.0, 0.0], [1.0, 1.0]]], [[[2.0, 2.0], [1.0, 1.0]]]])  # (R=2, B=1, L=2, P=2)
+    preds = torch.tensor([[[[0.0, 0.0], [4.0, 4.0]]], [[[2.0, 2.0], [4.0, 4.0]]]])  # (R=2, B=1, L=2, P=2)
+    target = torch.tensor([[[1.0, 1.0], [1.0, 3.0]]])  # (B=1, L=2, P=2)
     masks = torch.ones(2, 1, 2)
-    s = consistency_stats(preds, masks)
-    assert s["patches"] == 2
-    assert s["variance_sum"] == pytest.approx(2.0)  # unbiased var of {0, 2} is 2; of {1, 1} is 0
-    assert s["pairwise_sum"] == pytest.approx(2.0)  # RMS differences 2 and 0
+    stats = ConsistencyStats()
+    stats.add(preds, target, masks)
+    s = stats.summary()
+    assert s["patches"] == 2 and s["masked"] == 4
+    assert s["variance"] == pytest.approx(1.0)  # unbiased var of {0, 2} is 2; of {1, 1} is 0; mean over patches
+    assert s["pairwise"] == pytest.approx(1.0)  # RMS differences 2 and 0
+    assert s["recon_error"] == pytest.approx((1 + 5 + 1 + 5) / 4)  # per-patch MSE: patch 0 1 and 1, patch 1 5
+    assert s["prediction_variance"] == pytest.approx(11 / 3)  # unbiased var of the predictions 0, 4, 2, 4
+    assert s["inconsistency"] == pytest.approx(1.0 / (11 / 3))
+    assert s["target_variance"] == pytest.approx((0 + 1) / 2)  # per value: {1,1,1,1} and {1,3,1,3}
     masks[1, 0, 0] = 0  # patch 0 masked once: left out
-    assert consistency_stats(preds, masks)["patches"] == 1
+    stats = ConsistencyStats()
+    stats.add(preds, target, masks)
+    assert stats.summary()["patches"] == 1
 
 
 def test_consistency_command(tmp_path, capsys):
@@ -160,11 +169,19 @@ def test_consistency_command(tmp_path, capsys):
     assert main(argv) == 0
     stats = json.loads((tmp_path / "c.json").read_text())
     assert stats["images"] == 8 and stats["rounds"] == 4 and stats["variance"] > 0 and stats["pairwise"] > 0
-    assert "variance" in capsys.readouterr().out
-    # a model whose predictions ignore the visible patches is perfectly consistent
+    assert stats["target"] == "norm_pix" and stats["recon_error"] > 0 and 0 < stats["inconsistency"] <= 1
+    assert stats["inconsistency"] == pytest.approx(min(1.0, stats["variance"] / stats["prediction_variance"]))
+    out = capsys.readouterr().out
+    assert "inconsist." in out and "recon" in out
+    # a model whose predictions ignore the visible patches has no variance across rounds, and the worst score
     model = build_model(cfg)
     for p in model.decoder.pred.parameters():
         torch.nn.init.zeros_(p)
     from emae.eval.consistency import measure_consistency
 
-    assert measure_consistency(model, [torch.randn(4, 3, 16, 16)], rounds=3)["variance"] == 0.0
+    s = measure_consistency(model, [torch.randn(4, 3, 16, 16)], rounds=3)
+    assert s["variance"] == 0.0 and s["inconsistency"] == 1.0
+    # bad input: one line, before any work
+    for bad, msg in ((["--rounds", "1"], "--rounds"), (["--images", "0"], "--images"), (["--ratio", "1.5"], "--ratio")):
+        assert main(["consistency", str(ckpt), "--data", str(tmp_path / "data"), *bad]) == 2
+        assert msg in capsys.readouterr().err

@@ -108,3 +108,22 @@ def test_error_head_class_count_mismatch(tmp_path, capsys):
     assert "classifier head for 2 classes but the data has 3 class folders; pass --new-head" in err
     assert main(["finetune", str(tmp_path / "ft" / "best.pt"), "--data", str(three), "--output",
                  str(tmp_path / "ft3"), "--new-head", *common]) == 0
+
+
+def test_cli_finetune_seeds(tmp_path, capsys):
+    """--seeds 0 1 on a random encoder: a run per seed in its own folder, the mean and sample std of their scores."""
+    data = labelled_data(tmp_path / "d", n_val=30)
+    out = tmp_path / "ft"
+    argv = ["finetune", "random", "--embed-dim", "32", "--depth", "2", "--num-heads", "2", "--img-size", "16",
+            "--data", str(data), "--output", str(out), "--epochs", "1", "--batch-size", "4", "--mixup", "0",
+            "--cutmix", "0", "--aa", "none", "--no-progress", "--seeds", "0", "1"]
+    assert main(argv) == 0
+    line = capsys.readouterr().out.strip()
+    m = json.loads((out / "metrics.json").read_text())
+    runs = [json.loads((out / f"seed-{s}" / "metrics.json").read_text()) for s in (0, 1)]
+    assert m["per_seed"] == runs and m["seeds"] == [0, 1]
+    assert all((out / f"seed-{s}" / "best.pt").is_file() for s in (0, 1))
+    a, b = (r["top1"] for r in runs)
+    assert a != b and m["top1"] == pytest.approx((a + b) / 2) and m["std"]["top1"] == pytest.approx(abs(a - b) / 2**0.5)
+    assert [r["options"]["seed"] for r in runs] == [0, 1] and "best_checkpoint" not in m
+    assert line.startswith(f"finetune: top-1 {m['top1']:.2f} ± {m['std']['top1']:.2f}% ") and "2 seeds" in line

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..config import Config, ModelConfig, validate
 from ..errors import ConfigError
@@ -52,7 +53,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--crop-pct", type=float, help="eval: resize to size/crop_pct, centre crop (default 0.875 from 128 px, else 1)")
 
 
-def add_run_args(p: argparse.ArgumentParser, batch_size: int) -> None:
+def add_run_args(p: argparse.ArgumentParser, batch_size: int, seeds: bool = False) -> None:
+    """``seeds``: also ``--seeds`` (the command runs once per seed, see :mod:`emae.eval.seeds`)."""
     g = p.add_argument_group("run")
     g.add_argument("--output", metavar="DIR", help="results folder (default: runs/<command>-<timestamp>)")
     g.add_argument("--overwrite", action="store_true", help="replace results already in --output")
@@ -61,7 +63,38 @@ def add_run_args(p: argparse.ArgumentParser, batch_size: int) -> None:
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast precision (fp32)")
     g.add_argument("--seed", type=int, default=0)
+    if seeds:
+        g.add_argument("--seeds", type=int, nargs="+", metavar="S",
+                       help="run once per seed, report mean ± std: N (N seeds from --seed on) or a list, e.g. 0 1 2; "
+                            "each seed's results in <output>/seed-<s>/")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def seed_args(args: argparse.Namespace, seed: int) -> argparse.Namespace:
+    return argparse.Namespace(**{**vars(args), "seed": seed})
+
+
+class SeededSources:
+    """The checkpoint and data of each seed (``sources[seed]`` = (args, loaded, train, val)): a 'random' encoder and
+    class-balanced subsets are drawn from the seed. The first seed's are read at once, so bad input fails before
+    any work; a checkpoint file is read only once."""
+
+    def __init__(self, args: argparse.Namespace, seeds: list[int]) -> None:
+        self.args, self.seeds = args, seeds
+        a = seed_args(args, seeds[0])
+        loaded = load_source(a)
+        self.first = (a, loaded, *eval_data(a, loaded))
+
+    def __getitem__(self, seed: int):
+        if seed == self.seeds[0]:
+            return self.first
+        a = seed_args(self.args, seed)
+        loaded = load_source(a) if self.args.checkpoint == "random" else self.first[1]
+        return (a, loaded, *eval_data(a, loaded))
+
+
+def warn(message: str) -> None:
+    print(f"emae: warning: {message}", file=sys.stderr)
 
 
 def eval_options(args: argparse.Namespace, **extra):

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..data import ImageFiles, eval_transform
-from ..eval.consistency import measure_consistency
+from ..eval.consistency import check_rounds, measure_consistency
 from ..interop.load import build_mae, read_checkpoint
 
 
@@ -21,8 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=int, default=256, help="images used, spread evenly over the folder")
     p.add_argument("--ratio", type=float, default=None, help="mask ratio (default: the checkpoint's)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", help="JSON file for the figures")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random masks (0)")
+    p.add_argument("--output", help="JSON file for the figures (fields: see the README's EMAE section)")
     p.set_defaults(run=run)
 
 
@@ -40,18 +40,30 @@ def image_batches(folder: str, cfg, count: int, batch_size: int):
         yield torch.stack([tf(source.fetch(j)[0]) for j in picks[i : i + batch_size]])
 
 
+COLUMNS = (("recon_error", "recon"), ("target_variance", "target var"), ("variance", "variance"),
+           ("prediction_variance", "pred var"), ("inconsistency", "inconsist."), ("pairwise", "pairwise"))
+
+
 def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
+    from .common import positive
 
-    if args.rounds < 2:
-        raise ConfigError(f"--rounds: {args.rounds} is too few; need at least 2 to compare predictions")
+    check_rounds(args.rounds)
+    positive("--images", args.images)
+    positive("--batch-size", args.batch_size)
+    if args.ratio is not None and not 0 < args.ratio < 1:
+        raise ConfigError(f"--ratio: {args.ratio} is outside (0, 1)")
     model, cfg = load_model(args.checkpoint)
     ratio = args.ratio if args.ratio is not None else cfg.mask.ratio
     stats = measure_consistency(model, image_batches(args.data, cfg, args.images, args.batch_size), args.rounds,
                                 ratio, args.seed)
+    stats["target"] = "norm_pix" if cfg.model.norm_pix_loss else "pixels"
     stats["checkpoint"] = str(args.checkpoint)
-    print(f"{'checkpoint':<40} {'variance':>10} {'pairwise':>10} {'patches':>8}")
-    print(f"{Path(args.checkpoint).name:<40} {stats['variance']:>10.4f} {stats['pairwise']:>10.4f} {stats['patches']:>8}")
+    print(f"{'checkpoint':<32} " + " ".join(f"{title:>11}" for _, title in COLUMNS) + f" {'patches':>8}")
+    print(f"{Path(args.checkpoint).name:<32} " + " ".join(f"{stats[key]:>11.4f}" for key, _ in COLUMNS)
+          + f" {stats['patches']:>8}")
+    print(f"({stats['target']} target space; inconsistency = variance / pred var: 0 best, 1 worst, "
+          "a constant predictor scores 1; read it beside recon)")
     if args.output:
         Path(args.output).write_text(json.dumps(stats, indent=2))
     return 0

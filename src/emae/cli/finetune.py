@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_checkpoint_args, add_data_args, add_run_args, eval_data, eval_options, load_source, positive
+from .common import SeededSources, add_checkpoint_args, add_data_args, add_run_args, eval_options, positive
 
 EPILOG = """defaults are MAE's ViT-B ImageNet recipe; ViT-L uses --base-lr 1e-3 --layer-decay 0.75 --drop-path 0.2
 --epochs 50. Writes log.jsonl (per-step loss / lr, per-epoch top-1 / top-5), best.pt and metrics.json.
 
 examples:
   emae finetune runs/cifar/checkpoint-00019500.pt --data ../shared/data/cifar10 --epochs 100 --output runs/cifar-ft
-  emae finetune random --arch vit_tiny --patch-size 4 --img-size 32 --data ../shared/data/cifar10   # from scratch
+  emae finetune random --arch vit_tiny --patch-size 4 --img-size 32 --data ../shared/data/cifar10 --seeds 2  # scratch
   emae finetune mae_pretrain_vit_base.pth --data /data/imagenet --img-size 224 --batch-size 128 --ema 0.9999
 """
 
@@ -40,19 +40,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--clip-grad", type=float, help="gradient norm clipping (off)")
     g.add_argument("--new-head", action="store_true", help="replace the checkpoint's classifier head")
     g.add_argument("--log-every", type=int, default=20, help="optimiser steps between log lines (20)")
-    add_run_args(p, batch_size=64)
+    add_run_args(p, batch_size=64, seeds=True)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..eval.common import prepare_run_dir
-    from ..eval.finetune import FinetuneOptions, finetune
+    from ..eval.finetune import FinetuneOptions, check_finetune, finetune
+    from ..eval.seeds import run_seeds, score, seed_list, seeds_note
 
     for name in ("batch_size", "epochs", "base_lr", "lr", "layer_decay", "log_every", "ema"):
         positive("--" + name.replace("_", "-"), getattr(args, name))
-    loaded = load_source(args)
-    train, val = eval_data(args, loaded)
-    out = prepare_run_dir(args.output, "finetune", args.overwrite)
+    seeds = seed_list(args.seeds, args.seed)
     ft = FinetuneOptions(
         epochs=args.epochs, warmup_epochs=args.warmup_epochs, base_lr=args.base_lr, lr=args.lr, min_lr=args.min_lr,
         layer_decay=args.layer_decay, weight_decay=args.weight_decay, drop_path=args.drop_path, pool=args.pool,
@@ -60,8 +59,20 @@ def run(args: argparse.Namespace) -> int:
         aa=None if args.aa.lower() == "none" else args.aa, ema=args.ema, clip_grad=args.clip_grad,
         new_head=args.new_head, log_every=args.log_every,
     )
-    m = finetune(loaded, train, val, out, eval_options(args), ft)
-    print(f"finetune: top-1 {m['top1']:.2f}% top-5 {m['top5']:.2f}% (best {m['best_top1']:.2f}% at epoch "
-          f"{m['best_epoch']}/{m['epochs']}, {m['seconds']:.0f} s); best {m['best_checkpoint']}; "
-          f"metrics {out / 'metrics.json'}")
+    sources = SeededSources(args, seeds)
+    a, loaded, train, _ = sources.first
+    check_finetune(loaded, train, eval_options(a), ft)  # before the run folder is touched
+    out = prepare_run_dir(args.output, "finetune", args.overwrite)
+
+    def one(seed, folder):
+        a, loaded, train, val = sources[seed]
+        return finetune(loaded, train, val, folder, eval_options(a), ft)
+
+    m = run_seeds(seeds, out, one)
+    if len(seeds) == 1:
+        detail, best = f"best {m['best_top1']:.2f}% at epoch {m['best_epoch']}/{m['epochs']}", m["best_checkpoint"]
+    else:
+        detail, best = f"best {score(m, 'best_top1')}%{seeds_note(m)}", out / "seed-*" / "best.pt"
+    print(f"finetune: top-1 {score(m, 'top1')}% top-5 {score(m, 'top5')}% ({detail}, {m['seconds']:.0f} s); "
+          f"best {best}; metrics {out / 'metrics.json'}")
     return 0

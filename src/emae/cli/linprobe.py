@@ -56,7 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..eval.backbone import resolve_pool
-    from ..eval.common import prepare_run_dir
+    from ..eval.common import check_full_batch, prepare_run_dir
     from ..eval.linprobe import ProbeOptions, linear_probe, logreg_probe
     from ..eval.logreg import C_GRID, LogRegOptions
 
@@ -77,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_source(args)
     resolve_pool(loaded, args.pool)  # a pooling the encoder does not have: one-line error before any work
     train, val = eval_data(args, loaded)
-    if protocol == "mae" and len(train) < args.batch_size:
-        raise ConfigError(f"{len(train)} training images give no full batch of {args.batch_size}; lower --batch-size")
+    if protocol == "mae":
+        check_full_batch(len(train), args.batch_size)  # before any work
     out = prepare_run_dir(args.output, "linprobe", args.overwrite)
     opts = eval_options(args, pool=args.pool, feature_cache=args.feature_cache)
     if protocol == "logreg":

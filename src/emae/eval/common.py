@@ -12,7 +12,7 @@ from timm.scheduler import CosineLRScheduler
 
 from ..data import eval_transform
 from ..engine.device import resolve_device
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..interop.load import Loaded
 from .backbone import frozen_encoder, resolve_pool
 from .data import loader
@@ -43,14 +43,23 @@ class EvalOptions:
 
 
 def prepare_run_dir(output: str | None, command: str, overwrite: bool = False) -> Path:
+    """The results folder, created; results already in it (or in its ``seed-*`` folders) need ``overwrite``."""
     out = Path(output) if output else Path("runs") / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
-    existing = [out / f for f in RUN_FILES if (out / f).exists()]
+    folders = [out, *sorted(p for p in out.glob("seed-*") if p.is_dir())]
+    existing = [d / f for d in folders for f in RUN_FILES if (d / f).exists()]
     if existing and not overwrite:
-        raise ConfigError(f"output folder {out} already holds results ({existing[0].name}); pass --overwrite")
+        raise ConfigError(f"output folder {out} already holds results ({existing[0].relative_to(out)}); "
+                          "pass --overwrite")
     for path in existing:
         path.unlink()
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def check_full_batch(train_images: int, batch_size: int) -> None:
+    """Training that drops the last partial batch needs at least one full batch."""
+    if train_images < batch_size:
+        raise DataError(f"{train_images} training images give no full batch of {batch_size}; lower --batch-size")
 
 
 def write_metrics(out: Path, metrics: dict) -> Path:
@@ -94,9 +103,11 @@ def with_pool(loaded: Loaded, opts: EvalOptions) -> EvalOptions:
     return replace(opts, pool=resolve_pool(loaded, opts.pool))
 
 
-def frozen_features(loaded: Loaded, train_src, val_src, opts: EvalOptions) -> dict[str, torch.Tensor]:
+def frozen_features(loaded: Loaded, train_src, val_src, opts: EvalOptions,
+                    memo: dict | None = None) -> dict[str, torch.Tensor]:
     """Eval-transform features and labels of both splits: ``train_feats``, ``train_labels``, ``val_feats``,
-    ``val_labels`` (a split given as None is skipped); cached on disk when ``opts.feature_cache`` is set."""
+    ``val_labels`` (a split given as None is skipped); cached on disk when ``opts.feature_cache`` is set, and in
+    ``memo`` (a dict, e.g. shared by the seeds of one command) when given."""
     opts = with_pool(loaded, opts)
     device = resolve_device(opts.device)
     tf = eval_tf(loaded, opts)
@@ -115,5 +126,5 @@ def frozen_features(loaded: Loaded, train_src, val_src, opts: EvalOptions) -> di
             dl = loader(src, tf, opts.batch_size, opts.workers)
             return extract_features(encoder, dl, device, opts.precision, opts.progress, desc=f"{name} features")
 
-        out[f"{name}_feats"], out[f"{name}_labels"] = cached(opts.feature_cache, name, key, compute)
+        out[f"{name}_feats"], out[f"{name}_labels"] = cached(opts.feature_cache, name, key, compute, memo)
     return out

@@ -72,6 +72,9 @@ def limit(source: ImageFiles, n: int | None, seed: int = 0) -> ImageFiles | Subs
 def eval_sources(train: Path, val: Path, in_chans: int, max_train: int | None = None, max_val: int | None = None,
                  seed: int = 0):
     """Train and val sources with the same classes, in the same order."""
+    for name, n in (("--max-train", max_train), ("--max-val", max_val)):
+        if n is not None and n <= 0:
+            raise ConfigError(f"{name}: {n} must be positive (leave it out for every image)")
     tr, va = labelled_images(train, in_chans), labelled_images(val, in_chans)
     if tr.classes != va.classes:
         extra = sorted(set(tr.classes) ^ set(va.classes))[:3]

@@ -44,8 +44,14 @@ def cache_key(**parts) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def cached(cache_dir: str | None, name: str, key: str, compute) -> tuple[torch.Tensor, torch.Tensor]:
-    """``compute()`` once; with ``cache_dir`` the result is stored as ``<name>-<key>.pt`` and reused."""
+def cached(cache_dir: str | None, name: str, key: str, compute,
+           memo: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``compute()`` once; with ``cache_dir`` the result is stored as ``<name>-<key>.pt`` and reused; with ``memo``
+    (a dict) it is also kept there, in memory, under ``key``."""
+    if memo is not None:
+        if key not in memo:
+            memo[key] = cached(cache_dir, name, key, compute)
+        return memo[key]
     if cache_dir is None:
         return compute()
     path = Path(cache_dir) / f"{name}-{key}.pt"

@@ -27,11 +27,12 @@ from ..data.compat import patch_timm_posterize
 from ..engine.atomic import save_atomic
 from ..engine.log import JsonlLog
 from ..engine.device import autocast, resolve_device, seed_everything
-from ..errors import CheckpointError, ConfigError, DataError, EmaeError
+from ..errors import CheckpointError, ConfigError, EmaeError
 from ..interop.load import CLASSIFIER_FORMAT, Loaded
 from .backbone import build_vit
 from .pyramid import is_pyramid, pyramid_classifier
-from .common import EvalOptions, eval_tf, image_size, norm_stats, warmup_cosine_scheduler, write_metrics
+from .common import (EvalOptions, check_full_batch, eval_tf, image_size, norm_stats, warmup_cosine_scheduler,
+                     write_metrics)
 from .data import loader
 from .knn import classification_metrics
 
@@ -58,16 +59,30 @@ class FinetuneOptions:
     log_every: int = 20
 
 
-def classifier(loaded: Loaded, num_classes: int, ft: FinetuneOptions, img_size) -> nn.Module:
-    """The fine-tuning model; a checkpoint's own head is kept only when it fits the classes."""
+def keep_head(loaded: Loaded, num_classes: int, ft: FinetuneOptions) -> bool:
+    """Whether the checkpoint's own classifier head is kept (it has one, it fits the classes, no --new-head); a
+    one-line error for a head that does not fit and for a pooling the encoder does not have."""
     has_head = loaded.num_classes is not None
     if has_head and not ft.new_head and loaded.num_classes != num_classes:
         raise CheckpointError(f"{loaded.path} has a classifier head for {loaded.num_classes} classes but the data has "
                               f"{num_classes} class folders; pass --new-head to replace it")
-    keep = has_head and not ft.new_head
+    if is_pyramid(loaded) and ft.pool != "avg":
+        raise ConfigError(f"--pool {ft.pool}: pyramid encoders have no cls token; use --pool avg")
+    return has_head and not ft.new_head
+
+
+def check_finetune(loaded: Loaded, train_src, opts: EvalOptions, ft: FinetuneOptions) -> None:
+    """Everything that can be checked before any work: the head, the pooling, the batch."""
+    keep_head(loaded, len(train_src.classes), ft)
+    if (ft.mixup > 0 or ft.cutmix > 0) and opts.batch_size % 2:
+        raise ConfigError(f"--batch-size {opts.batch_size} must be even for mixup / cutmix")
+    check_full_batch(len(train_src), opts.batch_size)
+
+
+def classifier(loaded: Loaded, num_classes: int, ft: FinetuneOptions, img_size) -> nn.Module:
+    """The fine-tuning model; a checkpoint's own head is kept only when it fits the classes."""
+    keep = keep_head(loaded, num_classes, ft)
     if is_pyramid(loaded):
-        if ft.pool != "avg":
-            raise ConfigError(f"--pool {ft.pool}: pyramid encoders have no cls token; use --pool avg")
         model = pyramid_classifier(loaded, num_classes, ft.drop_path, img_size, keep)
         if not keep:
             nn.init.trunc_normal_(model.head.weight, std=2e-5)
@@ -99,6 +114,7 @@ def evaluate(model: nn.Module, val_loader, device: torch.device, precision: str)
 
 
 def finetune(loaded: Loaded, train_src, val_src, out: Path, opts: EvalOptions, ft: FinetuneOptions) -> dict:
+    check_finetune(loaded, train_src, opts, ft)
     device = resolve_device(opts.device)
     seed_everything(opts.seed)
     classes = train_src.classes
@@ -106,8 +122,6 @@ def finetune(loaded: Loaded, train_src, val_src, out: Path, opts: EvalOptions, f
     size = image_size(loaded, opts)
     mean, std = norm_stats(loaded, opts)
     use_mixup = ft.mixup > 0 or ft.cutmix > 0
-    if use_mixup and opts.batch_size % 2:
-        raise ConfigError(f"--batch-size {opts.batch_size} must be even for mixup / cutmix")
     start = time.perf_counter()
 
     patch_timm_posterize()
@@ -117,8 +131,6 @@ def finetune(loaded: Loaded, train_src, val_src, out: Path, opts: EvalOptions, f
                           seed=opts.seed)
     val_loader = loader(val_src, eval_tf(loaded, opts), opts.batch_size, opts.workers)
     steps_per_epoch = len(train_loader)
-    if steps_per_epoch == 0:
-        raise DataError(f"{len(train_src)} training images give no full batch of {opts.batch_size}; lower --batch-size")
 
     model = classifier(loaded, num_classes, ft, size).to(device)
     lr = ft.lr or ft.base_lr * opts.batch_size / 256

@@ -1,4 +1,10 @@
-"""Weighted k-NN on frozen features (as in InstDisc / DINO): cosine similarity, votes weighted by exp(sim / T)."""
+"""Weighted k-NN on frozen features (as in InstDisc / DINO): cosine similarity, votes weighted by exp(sim / T).
+
+Optionally the features are first centred on the training-set mean (both splits, by the same vector). Cosine
+similarity measures angles from the origin, so a large offset common to all features (frequent in frozen
+transformer features: a few dominant dimensions) squeezes every angle towards 0, and the ranking of neighbours
+then follows the Euclidean distance of what is left rather than its direction. Centring removes the offset.
+"""
 
 from __future__ import annotations
 
@@ -34,33 +40,60 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[s
     return {"top1": top1, "top5": top5, "loss": F.cross_entropy(logits, labels).item()}
 
 
+CENTERINGS = {"none": ("none",), "train-mean": ("train-mean",), "both": ("none", "train-mean")}
+
+
+def effective_ks(ks: tuple[int, ...], train_images: int) -> tuple[tuple[int, ...], str | None]:
+    """The neighbour counts actually used (capped at the training-set size, duplicates merged, order kept) and a
+    warning naming the capped ones (None when nothing was capped)."""
+    used = tuple(dict.fromkeys(min(k, train_images) for k in ks))
+    capped = [k for k in ks if k > train_images]
+    if not capped:
+        return used, None
+    return used, (f"--k {', '.join(map(str, capped))} capped to {train_images}, the number of training images; "
+                  f"reported as k={train_images}")
+
+
 def knn_eval(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
              test_labels: torch.Tensor, num_classes: int, ks: tuple[int, ...] = (20, 200),
-             temperature: float = 0.07) -> dict[str, dict[str, float]]:
-    """{"k=20": {"top1": ..., "top5": ...}, ...} in percent."""
+             temperature: float = 0.07, center: bool = False) -> dict[str, dict[str, float]]:
+    """{"k=20": {"top1": ..., "top5": ...}, ...} in percent, under the k actually used (at most the training-set
+    size). ``center``: subtract the training features' mean from both splits first."""
+    if center:
+        mean = train_feats.float().mean(0)
+        train_feats, test_feats = train_feats.float() - mean, test_feats.float() - mean
     results = {}
-    for k in ks:
+    for k in effective_ks(ks, train_feats.shape[0])[0]:
         scores = knn_scores(train_feats, train_labels, test_feats, num_classes, k, temperature)
         top1, top5 = topk_accuracy(scores, test_labels)
         results[f"k={k}"] = {"top1": top1, "top5": top5}
     return results
 
 
-def knn_run(loaded, train_src, val_src, out, opts, ks: tuple[int, ...] = (20, 200), temperature: float = 0.07) -> dict:
-    """Extract (or reuse cached) frozen features of both splits, classify val by k-NN, write ``out/metrics.json``."""
+def knn_run(loaded, train_src, val_src, out, opts, ks: tuple[int, ...] = (20, 200), temperature: float = 0.07,
+            center: str = "both", memo: dict | None = None) -> dict:
+    """Extract (or reuse cached) frozen features of both splits, classify val by k-NN, write ``out/metrics.json``.
+
+    ``center``: none | train-mean | both. Uncentred results sit under ``"k=<k>"``, centred ones under
+    ``"centred"`` → ``"k=<k>"``. ``memo``: features kept in memory between calls (several seeds)."""
     import time
 
     from .common import frozen_features, with_pool, write_metrics
 
     opts = with_pool(loaded, opts)
     start = time.perf_counter()
-    f = frozen_features(loaded, train_src, val_src, opts)
-    results = knn_eval(f["train_feats"], f["train_labels"], f["val_feats"], f["val_labels"], len(train_src.classes),
-                       ks, temperature)
+    _, warning = effective_ks(ks, len(train_src))
+    f = frozen_features(loaded, train_src, val_src, opts, memo)
+    results: dict = {}
+    for mode in CENTERINGS[center]:
+        r = knn_eval(f["train_feats"], f["train_labels"], f["val_feats"], f["val_labels"], len(train_src.classes),
+                     ks, temperature, center=mode == "train-mean")
+        results.update(r if mode == "none" else {"centred": r})
     metrics = {
         "command": "knn", "checkpoint": loaded.path, "source": loaded.source, "train": str(train_src.root),
         "val": str(val_src.root), "train_images": len(train_src), "val_images": len(val_src),
-        "classes": len(train_src.classes), "temperature": temperature, "pool": opts.pool, **results,
+        "classes": len(train_src.classes), "temperature": temperature, "pool": opts.pool, "center": center,
+        "k_requested": list(ks), **results, "warnings": [warning] if warning else [],
         "seconds": round(time.perf_counter() - start, 1), "options": opts.to_dict(),
     }
     write_metrics(out, metrics)
