@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -172,3 +173,18 @@ def test_logreg_cli_errors(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err, err
     assert not (tmp_path / "o").exists()  # every check comes before any work
+
+
+def test_logreg_seeds_vary_a_random_encoder_and_report_mean_and_std(tmp_path, capsys):
+    data = labelled_data(tmp_path / "d", classes=("a", "b", "c"), n_train=30, n_val=12)
+    out = tmp_path / "lin"
+    assert main(["linprobe", "random", "--embed-dim", "32", "--depth", "2", "--num-heads", "2", "--img-size", "16",
+                 "--data", str(data), "--output", str(out), "--pool", "avg", "--seeds", "0", "1", "--C", "1",
+                 "--no-progress"]) == 0
+    line = capsys.readouterr().out
+    assert line.startswith("linprobe (logreg): top-1 ") and " ± " in line and "2 seeds" in line
+    m = json.loads((out / "metrics.json").read_text())
+    per = [json.loads((out / f"seed-{s}" / "metrics.json").read_text()) for s in (0, 1)]
+    assert [p["checkpoint"] for p in per] == ["random:0", "random:1"]
+    assert m["top1"] == pytest.approx((per[0]["top1"] + per[1]["top1"]) / 2)
+    assert m["std"]["top1"] == pytest.approx(abs(per[0]["top1"] - per[1]["top1"]) / 2 ** 0.5)

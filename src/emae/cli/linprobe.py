@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import ConfigError
-from .common import add_checkpoint_args, add_data_args, add_run_args, eval_data, eval_options, load_source, positive
+from .common import SeededSources, add_checkpoint_args, add_data_args, add_run_args, eval_options, positive
 
 EPILOG = """protocols:
   logreg    (default) features of the un-augmented images are extracted once; a multinomial logistic regression
@@ -50,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--min-lr", type=float, help="end of the cosine (0)")
     g.add_argument("--weight-decay", type=float, help="LARS weight decay (0)")
     g.add_argument("--log-every", type=int, help="optimiser steps between log lines (50)")
-    add_run_args(p, batch_size=256)
+    add_run_args(p, batch_size=256, seeds=True)
     p.set_defaults(run=run)
 
 
@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from ..eval.common import check_full_batch, prepare_run_dir
     from ..eval.linprobe import ProbeOptions, linear_probe, logreg_probe
     from ..eval.logreg import C_GRID, LogRegOptions
+    from ..eval.seeds import run_seeds, score, seed_list, seeds_note
 
     protocol = "logreg" if args.fast else args.protocol
     if args.fast and args.protocol == "mae":
@@ -74,26 +75,36 @@ def run(args: argparse.Namespace) -> int:
         positive("--C", c)
     if not 0 < args.holdout < 1:
         raise ConfigError(f"--holdout {args.holdout}: must be between 0 and 1")
-    loaded = load_source(args)
+    seeds = seed_list(args.seeds, args.seed)
+    sources = SeededSources(args, seeds)
+    _, loaded, train, val = sources.first
     resolve_pool(loaded, args.pool)  # a pooling the encoder does not have: one-line error before any work
-    train, val = eval_data(args, loaded)
     if protocol == "mae":
         check_full_batch(len(train), args.batch_size)  # before any work
     out = prepare_run_dir(args.output, "linprobe", args.overwrite)
-    opts = eval_options(args, pool=args.pool, feature_cache=args.feature_cache)
-    if protocol == "logreg":
+    values = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in MAE_ONLY.items()}
+
+    def one(seed, folder):
+        a, loaded, train, val = sources[seed]
+        opts = eval_options(a, pool=args.pool, feature_cache=args.feature_cache)
+        if protocol == "mae":
+            return linear_probe(loaded, train, val, folder, opts, ProbeOptions(**values))
         options = LogRegOptions(c_grid=tuple(args.c_grid or C_GRID), holdout=args.holdout, tol=args.tol,
-                                max_iter=args.max_iter, seed=args.seed)
-        m = logreg_probe(loaded, train, val, out, opts, options)
-        fit = (f"converged in {m['iterations']} iterations" if m["converged"]
-               else f"NOT converged after {m['iterations']} iterations: raise --max-iter")
-        chosen = f"C {m['C']:g} chosen on {args.holdout:.0%} of the training set" if len(options.c_grid) > 1 else f"C {m['C']:g}"
-        print(f"linprobe (logreg): top-1 {m['top1']:.2f}% top-5 {m['top5']:.2f}% ({chosen}; {fit}, tol {args.tol:g}; "
-              f"{m['train_images']} train / {m['test_images']} val images, {m['seconds']:.0f} s); "
+                                max_iter=args.max_iter, seed=seed)
+        return logreg_probe(loaded, train, val, folder, opts, options)
+
+    m = run_seeds(seeds, out, one)
+    runs = m.get("per_seed", [m])
+    top = f"top-1 {score(m, 'top1')}% top-5 {score(m, 'top5')}%"
+    if protocol == "mae":
+        print(f"linprobe (mae): {top} after {values['epochs']} epochs ({m['seconds']:.0f} s{seeds_note(m)}); "
               f"metrics {out / 'metrics.json'}")
         return 0
-    values = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in MAE_ONLY.items()}
-    m = linear_probe(loaded, train, val, out, opts, ProbeOptions(**values))
-    print(f"linprobe (mae): top-1 {m['top1']:.2f}% top-5 {m['top5']:.2f}% after {m['epochs']} epochs "
-          f"({m['seconds']:.0f} s); metrics {out / 'metrics.json'}")
+    failed = [r["iterations"] for r in runs if not r["converged"]]
+    fit = (f"converged in {'/'.join(str(r['iterations']) for r in runs)} iterations" if not failed
+           else f"NOT converged after {failed[0]} iterations: raise --max-iter")
+    cs = "/".join(f"{r['C']:g}" for r in runs)
+    chosen = f"C {cs} chosen on {args.holdout:.0%} of the training set" if len(args.c_grid or C_GRID) > 1 else f"C {cs}"
+    print(f"linprobe (logreg): {top} ({chosen}; {fit}, tol {args.tol:g}; {len(train)} train / {len(val)} val "
+          f"images{seeds_note(m)}, {m['seconds']:.0f} s); metrics {out / 'metrics.json'}")
     return 0
