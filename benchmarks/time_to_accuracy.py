@@ -21,6 +21,7 @@ A run is named VARIANT-sSEED (mae-s0). Phases, each resumable:
   eval       evaluate every checkpoint not yet in OUT/eval.json, plus random-init encoders (--random-seeds):
              the converged logistic-regression probe and k-NN (raw and centred), mean patch token
   calibrate  time each variant's step back to back (steps/s), for the wall-clock axis (OUT/rates.json)
+  consistency  prediction consistency of the named runs' last checkpoints (reconstruction error beside it)
   finetune   fine-tune the final checkpoints of the named runs and random init (short-budget recipe), per seed
   report     the table, the ratio "EMAE's time to MAE's final accuracy / MAE's time", and the plot
 
@@ -134,6 +135,32 @@ def eval_phase(args: argparse.Namespace, root: Path) -> None:
                 save(key, {"step": step, **ev.checkpoint(path)})
 
 
+def consistency_phase(args: argparse.Namespace, root: Path) -> None:
+    """Prediction consistency of each named run's last checkpoint (and of random init, for scale): the same 256
+    test images and the same 10 random masks for every model; reconstruction error beside it."""
+    from emae.eval.common import EvalOptions, eval_tf
+    from emae.eval.consistency import measure_consistency
+    from emae.eval.data import eval_sources
+    from emae.interop.load import build_mae, read_checkpoint
+
+    store = root / "consistency.json"
+    done = json.loads(store.read_text()) if store.exists() else {}
+    _, test = eval_sources(Path(args.data) / "train", Path(args.data) / "test", 3)
+    picks = torch.linspace(0, len(test) - 1, 256).long().tolist()
+    for run in args.runs:
+        path = list_checkpoints(root / run)[0]
+        key = f"{run}/{path.name}"
+        if key in done:
+            continue
+        loaded = read_checkpoint(path)
+        tf = eval_tf(loaded, EvalOptions())
+        imgs = torch.stack([tf(test.fetch(i)[0]) for i in picks])
+        result = measure_consistency(build_mae(loaded, mask_type="random"), imgs.split(64), rounds=10, ratio=0.75)
+        done[key] = {"step": load_checkpoint(path)["global_step"], **result}
+        store.write_text(json.dumps(done, indent=2))
+        print(key, {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}, flush=True)
+
+
 def finetune_phase(args: argparse.Namespace, root: Path) -> None:
     """The short-budget fine-tune that beats random init (benchmarks/RESULTS.md), on each run's last checkpoint
     and on random init, one fine-tune per seed in --finetune-seeds."""
@@ -235,6 +262,11 @@ def report_phase(args: argparse.Namespace, root: Path) -> None:
                 r = ratios(runs, metric, variant)
                 if r:
                     print(f"ratio {metric} {variant}: sequences to MAE's final / MAE's sequences: {'; '.join(r)}")
+    if (root / "consistency.json").exists():
+        print("\n| run | step | recon_error | variance | inconsistency |\n|---|---|---|---|---|")
+        for key, c in json.loads((root / "consistency.json").read_text()).items():
+            print(f"| {key.split('/')[0]} | {c['step']} | {c['recon_error']:.4f} | {c['variance']:.4f} | "
+                  f"{c['inconsistency']:.4f} |")
     if (root / "finetune.json").exists():
         ft = json.loads((root / "finetune.json").read_text())
         names = sorted({k.split("/")[0] for k in ft})
@@ -287,7 +319,8 @@ def plot(grouped: dict, rnd: list[dict], rates: dict, path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--phase", choices=["pretrain", "eval", "calibrate", "finetune", "report"], required=True)
+    p.add_argument("--phase", choices=["pretrain", "eval", "calibrate", "consistency", "finetune", "report"],
+                   required=True)
     p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"))
     p.add_argument("--out", default="runs/time_to_accuracy")
     p.add_argument("--runs", nargs="*", default=[], help="VARIANT-sSEED names (eval: default every run in --out)")
@@ -312,7 +345,7 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     start = time.time()
     {"pretrain": pretrain_phase, "eval": eval_phase, "calibrate": calibrate_phase, "finetune": finetune_phase,
-     "report": report_phase}[args.phase](args, root)
+     "consistency": consistency_phase, "report": report_phase}[args.phase](args, root)
     print(f"{args.phase}: {(time.time() - start) / 60:.1f} min; torch {torch.__version__}, {torch.get_num_threads()} threads")
 
 
