@@ -40,11 +40,10 @@ import traceback  # noqa: E402
 from importlib import metadata  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-try:
-    import emae
-except ImportError:  # not installed: the repository's own source (needs torch, timm, torchvision)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    import emae
+SRC = Path(__file__).resolve().parents[1] / "src"
+if (SRC / "emae").is_dir():
+    sys.path.insert(0, str(SRC))  # this checkout's emae, installed or not
+import emae  # noqa: E402
 import torch  # noqa: E402
 from gpu_check_parts import PARTS, Part  # noqa: E402
 from gpu_check_steps import DRY, REAL, Ctx, Plan, TimeUp, build, free, one_line, recipe, train_step  # noqa: E402
@@ -488,4 +487,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # everything is written: skip the interpreter's teardown (seconds on a loaded machine)

@@ -181,3 +181,21 @@ def test_selected_parts_and_bad_arguments(tmp_path, bench, monkeypatch, capsys):
         with pytest.raises(SystemExit) as e:
             bench.main(["--dry-run", "--out", str(tmp_path), *args])
         assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fsync", [True, False])
+def test_report_writes_are_whole_or_absent(tmp_path, fsync):
+    """engine.atomic.write_atomic, which writes the report: a write that fails half-way leaves the previous file
+    whole and no temporary file behind."""
+    from emae.engine.atomic import write_atomic
+
+    path = tmp_path / "gpu_check.json"
+    write_atomic(path, lambda f: f.write(b'{"parts": [1]}'), fsync=fsync)
+
+    def broken(f):
+        f.write(b'{"parts": [1, 2')
+        raise TimeoutError("cut")
+
+    with pytest.raises(TimeoutError):
+        write_atomic(path, broken, fsync=fsync)
+    assert json.loads(path.read_text()) == {"parts": [1]} and [p.name for p in tmp_path.iterdir()] == [path.name]
