@@ -309,14 +309,15 @@ def table(data: dict) -> str:
                  f"ran at {matmul} here)")
     else:
         where = (f"{env.get('name', 'cpu')}, {env.get('threads')} threads, torch {env.get('torch')}, "
-                 "dry run (tiny models)")
+                 + ("dry run (tiny models)" if env.get("plan") == "dry run" else "CPU"))
     lines = [f"GPU check {data['started']}: {where}; emae {env.get('emae')}, timm {env.get('timm')}, transformers "
              f"{env.get('transformers')}; {data.get('elapsed_s', 0):.0f} s of the {data['deadline_s']:.0f} s deadline.",
              "", "| part | setting | result |", "|---|---|---|"]
     for i, (part, rec) in enumerate(zip(PARTS, data["parts"])):
         rows = rows_of(part, rec) if rec["status"] != "pending" else []
         if rec["status"] != "ok":
-            rows.append(("status", rec["status"] + (f": {rec['error']}" if rec.get("error") else "")))
+            after = f" after {rec['seconds']:.0f} s" if rec["status"].startswith("stopped") and "seconds" in rec else ""
+            rows.append(("status", rec["status"] + after + (f": {rec['error']}" if rec.get("error") else "")))
         for j, (setting, result) in enumerate(rows):
             lines.append(f"| {f'{i + 1}. {SHORT[i]}' if j == 0 else ''} | {cell(setting)} | {cell(result)} |")
     lines += ["", "| goal | target | result |", "|---|---|---|"]

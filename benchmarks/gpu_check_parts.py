@@ -209,15 +209,15 @@ def swin(ctx: Ctx) -> None:
     rec["settings"] = {name: {"method": c.method, "arch": c.model.arch, "img_size": c.model.image_size,
                               "patch_size": c.model.patch_size, "mask": f"{c.mask.type} {c.mask.ratio}"}
                        for name, c in cfgs.items()}
-    for attempt in range(2):
+    for _ in range(2):
         try:
             alternate(ctx, {name: (cfg, build(cfg, device)) for name, cfg in cfgs.items()}, batch)
             return
         except torch.cuda.OutOfMemoryError as e:
             rec.setdefault("errors", []).append(f"out of memory at batch {batch}: {one_line(e)[:200]}")
             rec.pop("models", None)
-            free(device)
-            batch //= 2
+        free(device)  # outside the handler: its traceback holds the models
+        batch //= 2
     raise RuntimeError("out of memory at two batch sizes")
 
 
@@ -251,8 +251,8 @@ def data(ctx: Ctx) -> None:
         else:
             folder = Path(DEFAULT_DATA if ctx.data == "auto" else ctx.data)
             rec["data"] = str(folder)
-        over = [f"data.path={folder}", f"train.batch_size={batch}", f"data.num_workers={workers}"]
-        images = len(image_source(recipe(plan, "vit_b", *over)))
+        over = [f"train.batch_size={batch}", f"data.num_workers={workers}"]
+        images = len(image_source(recipe(plan, "vit_b", *over, path=folder)))
         batches = min(plan.loader_batches, images // batch - skip)
         if batches < 1:
             raise DataError(f"--data {folder}: {images} images are too few for {skip + 1} batches of {batch}")
@@ -264,7 +264,7 @@ def data(ctx: Ctx) -> None:
         rec["pipelines"] = [settings[0][0], settings[2][0]]  # the complete ones (the goal's candidates)
         for label, decode, on in settings:
             ctx.check()
-            run_cfg = recipe(plan, "vit_b", *over, f"data.decode={decode}")
+            run_cfg = recipe(plan, "vit_b", *over, f"data.decode={decode}", path=folder)
             rec["rates"][label], _ = loader_rate(run_cfg, batches, on, skip=skip)
             if step:
                 rec["ratios"][label] = rec["rates"][label] / step

@@ -9,6 +9,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -83,10 +84,11 @@ class Ctx:
             raise TimeUp
 
 
-def recipe(plan: Plan, name: str, *overrides: str) -> Config:
-    """A shipped recipe (tiny in the dry run); one micro-batch per step."""
+def recipe(plan: Plan, name: str, *overrides: str, path: str | Path | None = None) -> Config:
+    """A shipped recipe (tiny in the dry run); one micro-batch per step; ``path``: data.path, taken as it is."""
     file, kind = RECIPES[name]
-    return load_config(file, [*plan.tiny.get(kind, []), "train.accum_iter=1", *overrides])
+    return load_config(file, [*plan.tiny.get(kind, []), "train.accum_iter=1", *overrides],
+                       **{"data.path": str(path) if path is not None else None})
 
 
 def build(cfg: Config, device: torch.device, seed: int = 0) -> torch.nn.Module:

@@ -199,3 +199,36 @@ def test_report_writes_are_whole_or_absent(tmp_path, fsync):
     with pytest.raises(TimeoutError):
         write_atomic(path, broken, fsync=fsync)
     assert json.loads(path.read_text()) == {"parts": [1]} and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_table_and_goals_of_a_gpu_run(bench):
+    """The GPU-only branches of the table (MFU, GiB, compile time, goals met or missed, the device profile), fed a
+    hand-written report of a cut-short H200 run: the dry run never reaches them."""
+    from gpu_check_parts import PARTS
+
+    run = {"label": "compiled, batch 512", "batch": 512, "status": "ok", "img_per_s": 4100.0, "step_ms_p50": 124.9,
+           "step_ms_p90": 125.3, "peak_memory_mib": 30000.0, "mfu": 0.243, "tflops": 240.6, "compile_s": 61.0}
+    oom = {"label": "eager, batch 512", "batch": 512, "status": "error", "error": "out of memory at batch 512: x"}
+    parts = [{"part": i + 1, "key": p.key, "title": p.title, "status": "skipped: deadline"} for i, p in enumerate(PARTS)]
+    parts[0].update(status="ok", runs=[oom, run], best=run)
+    rates = {"cpu decode in workers": 1500.0, "device decode: workers alone": 20000.0,
+             "device decode: + decode on cuda": 9000.0}
+    parts[5].update(status="stopped: deadline", rates=rates, ratios={k: v / 4100 for k, v in rates.items()},
+                    pipelines=["cpu decode in workers", "device decode: + decode on cuda"], workers=10, batch=256,
+                    data="synthetic", step_img_per_s=4100.0, step=run["label"])
+    prof = {"reason": "MFU 24.3% < 50%", "batch": 512, "status": "ok", "wall_ms_per_step": 150.0, "busy_share": 0.82,
+            "clock": "device", "top_ops": [{"op": "aten::mm", "ms_per_step": 60.0, "share": 0.5, "calls_per_step": 300}]}
+    env = {"name": "NVIDIA H200", "driver": "580.159.04", "memory_gib": 139.8, "torch": "2.11.0", "cuda": "13.0",
+           "peak_bf16_tflops": 989.0, "matmul_bf16_tflops": 790.0, "emae": "0.1.0"}
+    data = {"started": "2026-12-01 10:00 UTC", "deadline_s": 480.0, "elapsed_s": 479.0, "env": env, "parts": parts,
+            "profile": prof}
+    data["goals"] = bench.goals(parts)
+    assert [g["met"] for g in data["goals"]] == [False, False]  # 24.3% MFU; 2.2x, the workers alone do not count
+    text = bench.table(data)
+    for expected in ("NVIDIA H200, driver 580.159.04", "peak bf16 989.0 TFLOP/s", "ran at 790.0",
+                     "| 1. ViT-B/16 MAE bf16 | eager, batch 512 | error: out of memory at batch 512: x |",
+                     "4,100 img/s, step p50 124.9 / p90 125.3 ms, 29.3 GiB, MFU 24.3%, compile 61 s",
+                     "| status | stopped: deadline |", "| 7. HF ViTMAE, fp32 | status | skipped: deadline |",
+                     "2.20x (device decode: + decode on cuda): **missed**", "24.3% (compiled, batch 512): **missed**",
+                     "kernels fill 82% of the step", "| aten::mm | 60.00 | 50.0% | 300 |"):
+        assert expected in text, expected
