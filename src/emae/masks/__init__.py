@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .base import Mask, check_ratio, draw_noise
+from .block import block_mask
+from .grid import grid_mask
 from .parallel import num_parts, parallel_mask
 from .random import random_mask
 from .uniform import UNIFORM_RATIO, parallel_uniform_mask, uniform_mask
@@ -17,12 +19,15 @@ MaskFn = Callable[..., Mask]
 
 MASKS: dict[str, MaskFn] = {
     "random": random_mask,
+    "block": block_mask,  # BEiT-style rectangles (MAE Table 1f)
+    "grid": grid_mask,  # one patch per 2x2 cell, fixed offset (MAE Table 1f)
     "parallel": parallel_mask,  # EMAE: K disjoint parts per image
     "uniform": uniform_mask,  # UM-MAE: one kept token per 2x2 cell + secondary masking
     "parallel_uniform": parallel_uniform_mask,  # 4 disjoint uniform parts per image
 }
 PARALLEL_MASKS = {"parallel", "parallel_uniform"}
 UNIFORM_MASKS = {"uniform", "parallel_uniform"}  # take ``secondary_ratio``; ratio 0.75 only
+CELL_MASKS = {"uniform", "parallel_uniform", "grid"}  # one kept token per 2x2 cell: ratio 0.75, even grid sides
 
 
 def sequences_per_image(name: str, ratio: float) -> int:
@@ -40,4 +45,6 @@ def get_mask_fn(name: str) -> MaskFn:
     return MASKS[name]
 
 
-__all__ = ["MASKS", "PARALLEL_MASKS", "UNIFORM_MASKS", "UNIFORM_RATIO", "parallel_uniform_mask", "uniform_mask", "num_parts", "parallel_mask", "Mask", "MaskFn", "check_ratio", "draw_noise", "get_mask_fn", "random_mask", "sequences_per_image"]
+__all__ = ["CELL_MASKS", "block_mask", "grid_mask", "MASKS", "PARALLEL_MASKS", "UNIFORM_MASKS", "UNIFORM_RATIO",
+           "parallel_uniform_mask", "uniform_mask", "num_parts", "parallel_mask", "Mask", "MaskFn", "check_ratio",
+           "draw_noise", "get_mask_fn", "random_mask", "sequences_per_image"]

@@ -15,8 +15,8 @@ same tokens in the same order. The ratio is always 0.75.
   and cover every token. Noise (batch, L): one value per token, argsorted within each cell. Secondary masking of
   each part is drawn from ``generator`` (not from ``noise``).
 
-Secondary masking (SM) marks exactly ``int(cells * secondary_ratio)`` kept tokens per sequence in
-``Mask.secondary``; they stay out of the loss (``Mask.mask`` is 1 only on the tokens Uniform Sampling removed).
+Secondary masking (SM) marks exactly ``cells - int(cells * (1 - secondary_ratio))`` kept tokens per sequence (the
+reference's count) in ``Mask.secondary``; they stay out of the loss (``Mask.mask`` is 1 only on the tokens Uniform Sampling removed).
 """
 
 from __future__ import annotations
@@ -29,15 +29,26 @@ from .base import Mask, draw_noise
 UNIFORM_RATIO = 0.75
 
 
-def check_uniform(grid: tuple[int, int], ratio: float, secondary_ratio: float) -> None:
+def check_cells(grid: tuple[int, int], ratio: float, kind: str = "uniform") -> None:
+    """Masks that keep one token per 2x2 cell (uniform, parallel_uniform, grid): ratio 0.75 and even grid sides."""
     if abs(ratio - UNIFORM_RATIO) > 1e-9:
-        raise ConfigError(f"mask.ratio: {ratio} is not allowed with uniform masks; one kept token per 2x2 cell "
+        raise ConfigError(f"mask.ratio: {ratio} is not allowed with {kind} masks; one kept token per 2x2 cell "
                           f"means the ratio is 0.75")
     if grid[0] % 2 or grid[1] % 2:
-        raise ConfigError(f"model.img_size: the token grid {grid[0]}x{grid[1]} is not divisible by 2, which uniform "
+        raise ConfigError(f"model.img_size: the token grid {grid[0]}x{grid[1]} is not divisible by 2, which {kind} "
                           f"masks need (2x2 cells); use an image size that is a multiple of 2 x model.patch_size")
+
+
+def check_uniform(grid: tuple[int, int], ratio: float, secondary_ratio: float) -> None:
+    check_cells(grid, ratio)
     if not 0.0 <= secondary_ratio < 1.0:
         raise ConfigError(f"mask.secondary_ratio: {secondary_ratio!r} is outside [0, 1)")
+
+
+def secondary_count(kept: int, ratio: float) -> int:
+    """How many of ``kept`` tokens secondary masking hides: the reference keeps int(kept * (1 - ratio)) visible
+    (models_mae_swin.py / models_mae_pvt.py ``vis_final_cnt``; models_mae.py ``len_keep``) and hides the rest."""
+    return kept - int(kept * (1.0 - ratio))
 
 
 def cell_tokens(grid: tuple[int, int], device=None) -> torch.Tensor:
@@ -61,8 +72,8 @@ def mask_from_kept(ids_keep: torch.Tensor, length: int, parts: int = 1, secondar
 
 
 def secondary_from_noise(noise: torch.Tensor, ratio: float) -> torch.Tensor | None:
-    """(N, K) noise -> (N, K) float with exactly int(K * ratio) ones per row (the smallest noise values)."""
-    count = int(noise.shape[1] * ratio)
+    """(N, K) noise -> (N, K) float with exactly :func:`secondary_count` ones per row (the smallest noise values)."""
+    count = secondary_count(noise.shape[1], ratio)
     if count == 0:
         return None
     rank = torch.argsort(torch.argsort(noise, dim=1), dim=1)
