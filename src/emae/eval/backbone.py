@@ -18,6 +18,7 @@ from ..errors import CheckpointError
 from ..interop.load import Loaded
 from ..interop.official import encoder_state
 from ..models import VIT_SIZES, encoder_dims
+from .pyramid import frozen_pyramid, is_pyramid, pyramid_pool
 
 
 class ViT(VisionTransformer):
@@ -100,8 +101,6 @@ class FrozenEncoder(nn.Module):
 def resolve_pool(loaded: Loaded, pool: str | None) -> str:
     """The frozen-feature pooling: None is 'cls' for a ViT and 'avg' for a pyramid (which has no cls token: 'cls'
     is a one-line error there)."""
-    from .pyramid import is_pyramid, pyramid_pool
-
     if is_pyramid(loaded):
         return pyramid_pool(loaded, pool)
     return "cls" if pool is None else pool
@@ -110,10 +109,8 @@ def resolve_pool(loaded: Loaded, pool: str | None) -> str:
 def frozen_encoder(loaded: Loaded, pool: str | None = "cls",
                    img_size: tuple[int, int] | None = None) -> nn.Module:
     """The checkpoint's encoder with its own final norm (or its fc_norm, for a fine-tuned classifier); a pyramid
-    encoder (Swin, PVT-v2) on the full grid with the fine-tuning geometry, globally average-pooled
+    encoder (Swin, PVT) on the full grid with the fine-tuning geometry, globally average-pooled
     (:func:`emae.eval.pyramid.frozen_pyramid`)."""
-    from .pyramid import frozen_pyramid, is_pyramid
-
     pool = resolve_pool(loaded, pool)
     if is_pyramid(loaded):
         return frozen_pyramid(loaded, pool, img_size)

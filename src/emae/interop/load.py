@@ -273,30 +273,6 @@ def build_encoder(loaded: Loaded) -> ViTEncoder:
     return enc.eval()
 
 
-def load(path: str | Path, **hints) -> nn.Module:
-    """A model ready for feature extraction without masking, in eval mode, format recognised by itself.
-
-    - a checkpoint with a decoder -> :class:`~emae.models.MaskedAutoencoder` (``.extract_features(imgs, pool)``)
-    - an encoder-only checkpoint -> :class:`~emae.models.ViTEncoder` (``.forward_features``, ``.extract_features``)
-    - a classifier (fine-tuned, with ``head``) -> timm ``VisionTransformer`` (``.forward_features``, ``.forward``);
-      a fine-tuned Swin / PVT-v2 (``best.pt`` of ``emae finetune``) ->
-      :class:`~emae.eval.pyramid.PyramidClassifier` (``.forward_features``, ``.forward``), the same outputs
-
-    ``hints``: ``num_heads``, ``decoder_num_heads``, ``img_size`` where they cannot be inferred.
-    """
-    loaded = read_checkpoint(path, **hints)
-    if loaded.extras and loaded.config.model.arch in PYRAMID_ARCHS:
-        from ..eval.pyramid import pyramid_classifier
-
-        return pyramid_classifier(loaded, loaded.num_classes or 0, keep_head=True).eval()
-    if loaded.extras:
-        from ..eval.backbone import build_vit
-
-        pool = "avg" if "fc_norm.weight" in loaded.extras else "token"  # MAE's global pool keeps an fc_norm
-        return build_vit(loaded, num_classes=loaded.num_classes or 0, global_pool=pool, keep_head=True).eval()
-    return build_mae(loaded) if loaded.has_decoder else build_encoder(loaded)
-
-
 def init_from(model: MaskedAutoencoder, path: str | Path) -> dict:
     """Copy a checkpoint's weights into ``model`` (continue pre-training): every encoder weight, and the decoder's
     when present. The fixed sin-cos position embeddings stay the model's own. Returns a summary for the log."""

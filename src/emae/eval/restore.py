@@ -1,0 +1,33 @@
+"""``emae.load``: any checkpoint emae reads, as a model ready for use (the interop layer reads the files; building
+classifiers is evaluation's, so the function lives here and interop never imports eval)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from ..archs import PYRAMID_ARCHS
+from ..interop.load import build_encoder, build_mae, read_checkpoint
+from .backbone import build_vit
+from .pyramid import pyramid_classifier
+
+
+def load(path: str | Path, **hints) -> nn.Module:
+    """A model ready for feature extraction without masking, in eval mode, format recognised by itself.
+
+    - a checkpoint with a decoder -> :class:`~emae.models.MaskedAutoencoder` (``.extract_features(imgs, pool)``)
+    - an encoder-only checkpoint -> :class:`~emae.models.ViTEncoder` (``.forward_features``, ``.extract_features``)
+    - a classifier (fine-tuned, with ``head``) -> timm ``VisionTransformer`` (``.forward_features``, ``.forward``);
+      a fine-tuned Swin / PVT (``best.pt`` of ``emae finetune``) ->
+      :class:`~emae.eval.pyramid.PyramidClassifier` (``.forward_features``, ``.forward``), the same outputs
+
+    ``hints``: ``num_heads``, ``decoder_num_heads``, ``img_size`` where they cannot be inferred.
+    """
+    loaded = read_checkpoint(path, **hints)
+    if loaded.extras and loaded.config.model.arch in PYRAMID_ARCHS:
+        return pyramid_classifier(loaded, loaded.num_classes or 0, keep_head=True).eval()
+    if loaded.extras:
+        pool = "avg" if "fc_norm.weight" in loaded.extras else "token"  # MAE's global pool keeps an fc_norm
+        return build_vit(loaded, num_classes=loaded.num_classes or 0, global_pool=pool, keep_head=True).eval()
+    return build_mae(loaded) if loaded.has_decoder else build_encoder(loaded)
