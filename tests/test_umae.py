@@ -17,6 +17,7 @@ from emae.interop.load import read_checkpoint
 from emae.masks import parallel_uniform_mask, uniform_mask
 from emae.masks.compact import pack, pack_image, true_coords, unpack
 from emae.masks.uniform import cell_tokens
+from emae.models.build import pixel_loss
 from emae.models.pyramid import stem_coords
 from emae.models.pyramid_decoder import UMDecoder
 from emae.patches import patchify
@@ -56,8 +57,8 @@ def test_uniform_mask_invariants(gh, gw, batch, seed, secondary):
     pos = (m.ids_keep.unsqueeze(-1) == table).float().argmax(-1)
     counts = torch.stack([(pos == k).sum(1) for k in range(4)], 1)
     assert counts.max(1).values.sub(counts.min(1).values).le(1).all()
-    # the secondary-masked count is exact
-    expected = int(cells * secondary)
+    # the secondary-masked count is exact, the reference's: it keeps int(cells * (1 - ratio)) visible
+    expected = cells - int(cells * (1 - secondary))
     if expected == 0:
         assert m.secondary is None
     else:
@@ -125,27 +126,41 @@ def test_packed_image_and_stem_coordinates():
 # ---------------------------------------------------------------- positions in the encoder and decoder
 
 
-def captured_block_input(model, imgs, mask):
+def captured_stage_input(model, imgs, mask):
     seen = {}
-    block = model.encoder.stages[0].blocks[0]
-    handle = block.register_forward_pre_hook(lambda mod, args: seen.setdefault("args", args))
+    handle = model.encoder.stages[0].register_forward_pre_hook(lambda mod, args: seen.setdefault("args", args))
     model(imgs, mask=mask)
     handle.remove()
     return seen["args"]
 
 
-@pytest.mark.parametrize("arch", ["swin_t", "pvt_v2_b0"])
-def test_pyramid_blocks_see_true_coordinates(arch):
+@pytest.mark.parametrize("arch", ["swin_t", "pvt_t"])
+def test_pyramid_stages_see_true_coordinates(arch):
     model = model_for(*UMAE, *PYR, f"model.arch={arch}")
     m = model.make_mask(2, generator=torch.Generator().manual_seed(0))
-    args = captured_block_input(model, torch.randn(2, 3, 32, 32), m)
-    coords = args[-1]  # (B, 16, 16, 2) at stem level (stride 1, 4 stem tokens per mask token)
+    _, coords = captured_stage_input(model, torch.randn(2, 3, 32, 32), m)
+    # (B, 16, 16, 2) at stem level (stride 1, 4 stem tokens per mask token)
     expected = stem_coords(true_coords(m, (8, 8)), 4)
     assert torch.equal(coords, expected)
     # every stem token's true mask-token position is a kept patch of its image
     patch = (coords // 4).long()
     ids = patch[..., 0] * 8 + patch[..., 1]
     assert torch.all(m.mask.gather(1, ids.flatten(1)) == 0)
+
+
+def test_pvt_adds_the_sincos_entry_of_every_true_position_after_the_mask_token():
+    model = model_for(*UMAE, *PYR, "model.arch=pvt_t", "mask.secondary_ratio=0.5")
+    enc = model.encoder
+    imgs = torch.randn(2, 3, 32, 32)
+    m = model.make_mask(2, generator=torch.Generator().manual_seed(1))
+    x, coords = captured_stage_input(model, imgs, m)
+    stem = enc.stem(pack_image(imgs, m, 4))  # (2, 16, 16, 16): one stem token per 1 px, 4x4 per mask token
+    hidden = m.secondary.unflatten(1, (4, 4)).repeat_interleave(4, 1).repeat_interleave(4, 2).bool()
+    stem = torch.where(hidden[..., None], enc.mask_token, stem)
+    table = enc.pos_embed[0].view(32, 32, -1)  # the full image's stem grid
+    expected = stem + table[coords[..., 0].long(), coords[..., 1].long()]
+    assert torch.allclose(x, expected, atol=1e-6)
+    assert hidden.any() and not hidden.all()
 
 
 def test_decoder_gives_every_kept_token_its_true_position():
@@ -162,7 +177,7 @@ def test_decoder_gives_every_kept_token_its_true_position():
     seen = {}
     dec.blocks[0].register_forward_pre_hook(lambda mod, args: seen.setdefault("x", args[0]))
     dec(latent, m.ids_restore)
-    tokens = (seen["x"] - dec.pos_embed)[:, 1:]
+    tokens = seen["x"] - dec.pos_embed  # no cls slot, as the reference
     for n in range(2):
         for t in m.ids_keep[n].tolist():
             assert torch.allclose(tokens[n, t, :2], torch.tensor([t // grid[1], t % grid[1]]).float(), atol=1e-5)
@@ -198,7 +213,7 @@ def test_secondary_tokens_are_not_seen_and_give_no_gradient(arch):
 
 
 def test_parallel_uniform_gives_consistency_on_pyramids_and_vit():
-    for over in (["model.embed_dim=32", "model.depth=1"], [*PYR, "model.arch=pvt_v2_b0"], [*PYR, "model.arch=swin_t"]):
+    for over in (["model.embed_dim=32", "model.depth=1"], [*PYR, "model.arch=pvt_t"], [*PYR, "model.arch=swin_t"]):
         model = model_for("method=umae", "mask.type=parallel_uniform", *over)
         out = model(torch.randn(2, 3, *model.encoder.img_size), generator=torch.Generator().manual_seed(0))
         assert out.mask.parts == 4 and out.pred.shape[0] == 8
@@ -209,9 +224,9 @@ def test_parallel_uniform_gives_consistency_on_pyramids_and_vit():
 # ---------------------------------------------------------------- real sizes
 
 
-@pytest.mark.parametrize("recipe", ["umae_swin_t_p8_cifar10_64", "umae_pvt_v2_s_p8_cifar10_64",
-                                    "simmim_swin_t_p8_cifar10_64", "umae_swin_t_p16_in1k_256",
-                                    "umae_pvt_v2_s_p16_in1k_256"])
+@pytest.mark.parametrize("recipe", ["umae_swin_t_p8_cifar10_64", "umae_pvt_s_p8_cifar10_64",
+                                    "simmim_swin_t_p8_cifar10_64", "simmim_pvt_s_p8_cifar10_64",
+                                    "umae_swin_t_p16_in1k_256", "umae_pvt_s_p16_in1k_256"])
 def test_forward_backward_at_real_sizes(recipe):
     """The recipes' models (Swin-T, PVT-S; 64 px and 256 px), batch 1, with a 1 x 64 decoder at 256 px."""
     small = ["model.decoder_embed_dim=64", "model.decoder_depth=1", "model.decoder_num_heads=2"]
@@ -249,23 +264,22 @@ def test_finetune_swin_loads_every_encoder_weight(tmp_path):
     assert clf(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
-def test_finetune_pvt_changes_only_the_reduction_layers(tmp_path):
-    pre = save_checkpoint(tmp_path / "ck.pt", *UMAE, *PYR, "model.arch=pvt_v2_b0")
-    clf = pyramid_classifier(read_checkpoint(tmp_path / "ck.pt"), 10)
-    assert sorted(clf.reinitialised) == sorted([
-        "stages.0.blocks.0.attn.sr.weight (resampled)", "stages.1.blocks.0.attn.sr.weight (resampled)",
-        "stages.2.blocks.0.attn.sr.weight (new)", "stages.2.blocks.0.attn.sr.bias (new)",
-        "stages.2.blocks.0.attn.norm.weight (new)", "stages.2.blocks.0.attn.norm.bias (new)"])
+def test_finetune_pvt_at_new_reduction_ratios_loads_every_weight(tmp_path):
+    """UM-MAE PVT pre-trains with ratios [4,2,1,1] on the compact grid and fine-tunes with [8,4,2,1] on the full one:
+    no freshly initialised layer; the position table becomes trainable; a new resolution resamples it."""
+    pre = save_checkpoint(tmp_path / "ck.pt", *UMAE, *PYR, "model.arch=pvt_t")
+    loaded = read_checkpoint(tmp_path / "ck.pt")
+    clf = pyramid_classifier(loaded, 10)
+    assert clf.reinitialised == [] and pre.encoder.sr_ratios == [4, 2, 1, 1] and clf.encoder.sr_ratios == [8, 4, 2, 1]
     own = clf.state_dict()
     for key, value in pre.encoder.state_dict().items():
-        if key != "mask_token" and not key.endswith("attn.sr.weight"):
+        if key != "mask_token":
             assert torch.equal(own["encoder." + key], value), key
-    # the resampled 8x8 reduction averages a constant input as the pre-trained 4x4 one did
-    w_old = pre.encoder.stages[0].blocks[0].attn.sr.weight
-    w_new = clf.encoder.stages[0].blocks[0].attn.sr.weight
-    assert w_new.shape[-1] == 2 * w_old.shape[-1]
-    assert torch.allclose(w_new.sum((-1, -2)), w_old.sum((-1, -2)), atol=1e-6)
+    assert clf.encoder.pos_embed.requires_grad and "encoder.pos_embed" in clf.no_weight_decay()
     assert clf(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    bigger = pyramid_classifier(loaded, 10, img_size=(48, 48))
+    assert bigger.reinitialised == ["pos_embed (resampled)"] and bigger.encoder.pos_embed.shape == (1, 48 * 48, 16)
+    assert bigger(torch.randn(1, 3, 48, 48)).shape == (1, 10)
 
 
 def test_finetune_layer_decay_runs_through_the_stages(tmp_path):
@@ -276,10 +290,12 @@ def test_finetune_layer_decay_runs_through_the_stages(tmp_path):
     opt = optimizer(clf, 1e-3, FinetuneOptions(layer_decay=0.5))
     scale = {n: g["lr_scale"] for g in opt.param_groups for n, p in clf.named_parameters()
              if any(p is q for q in g["params"])}
-    assert scale["head.weight"] == 1.0 and scale["encoder.stem.proj.weight"] == min(scale.values())
+    assert scale["head.weight"] == 1.0 and scale["encoder.stem.proj.weight"] == min(scale.values()) == 0.5**5
     order = [scale[f"encoder.stages.{i}.blocks.0.attn.qkv.weight"] for i in range(4)]
-    assert order == sorted(order) and len(set(order)) == 4
-    assert order[0] < scale["encoder.stages.1.downsample.reduction.weight"] <= order[1]  # with its first block, as timm
+    assert order == [0.5**4, 0.5**3, 0.5**2, 0.5]  # blocks 1..4 of the flat list, as the reference's lr_decay.py
+    assert scale["encoder.stages.1.downsample.proj.weight"] == order[1]  # the merge belongs to its stage's first block
+    default = optimizer(clf, 1e-3, FinetuneOptions())  # UM-MAE's 0.85 for pyramids
+    assert min(g["lr_scale"] for g in default.param_groups) == pytest.approx(0.85**5)
 
 
 @pytest.mark.slow
@@ -311,7 +327,8 @@ def test_pretrain_and_finetune_cli_end_to_end(tmp_path):
     ([*UMAE, *PYR, "model.arch=swin_t", "model.img_size=48", "model.window_size=8"], "model.window_size"),
     ([*UMAE, *PYR, "model.arch=swin_t", "model.patch_size=6", "model.img_size=36"], "model.patch_size"),
     ([*UMAE, *PYR, "model.arch=swin_t", "model.depths=[1,1,1]"], "model.depths"),
-    ([*UMAE, *PYR, "model.arch=pvt_v2_b0", "model.sr_ratios=[3,2,1,1]"], "model.sr_ratios"),
+    ([*UMAE, *PYR, "model.arch=pvt_t", "model.sr_ratios=[3,2,1,1]"], "model.sr_ratios"),
+    ([*UMAE, *PYR, "model.arch=pvt_v2_b0"], "model.arch"),  # leaks hidden pixels: retired
     (["method=simmim", "mask.type=random"], "model.arch"),
     ([*PYR, "model.arch=swin_t"], "model.arch"),  # method mae
     (["method=umae", "mask.type=random"], "mask.type"),
@@ -319,6 +336,11 @@ def test_pretrain_and_finetune_cli_end_to_end(tmp_path):
     ([*UMAE, *PYR, "model.arch=swin_t", "model.sr_ratios=[4,2,1,1]"], "model.sr_ratios"),
     ([*UMAE, "model.depths=[1,1,1,1]"], "model.depths"),  # a ViT
     (["method=mae", "mask.type=uniform"], "mask.type"),
+    (["method=simmim", "mask.type=parallel", *PYR, "model.arch=pvt_t"], "mask.type"),
+    (["method=umae", "mask.type=block", *PYR, "model.arch=swin_t"], "mask.type"),
+    (["mask.type=grid", "mask.ratio=0.5"], "mask.ratio"),
+    (["mask.type=grid", "model.img_size=12"], "model.img_size"),  # 3x3 grid: no 2x2 cells
+    (["model.pixel_loss=l2"], "model.pixel_loss"),
 ])
 def test_clear_errors(overrides, key):
     with pytest.raises(ConfigError) as err:
@@ -334,10 +356,25 @@ def test_uniform_mask_function_errors():
         parallel_uniform_mask(1, (3, 4))
 
 
-@pytest.mark.parametrize("name", ["umae_swin_t_p16_in1k_256", "umae_pvt_v2_s_p16_in1k_256", "simmim_swin_t_p16_in1k_256",
-                                  "umae_swin_t_p8_cifar10_64", "umae_pvt_v2_s_p8_cifar10_64",
-                                  "simmim_swin_t_p8_cifar10_64", "umae_vit_base_p16_in1k"])
+@pytest.mark.parametrize("name", ["umae_swin_t_p16_in1k_256", "umae_pvt_s_p16_in1k_256", "simmim_swin_t_p16_in1k_256",
+                                  "simmim_pvt_s_p16_in1k_256", "umae_swin_t_p8_cifar10_64", "umae_pvt_s_p8_cifar10_64",
+                                  "simmim_swin_t_p8_cifar10_64", "simmim_pvt_s_p8_cifar10_64", "umae_vit_base_p16_in1k"])
 def test_recipes_load(name):
     cfg = load_config(name)
     assert cfg.method in ("umae", "simmim") and cfg.model.img_size in (64, 224, 256)
-    assert cfg.mask.type == ("uniform" if cfg.method == "umae" else "random")
+    assert cfg.mask.type == ("uniform" if cfg.method == "umae" else "random") and cfg.mask.ratio == 0.75
+    if cfg.model.img_size == 256:  # the reference's effective batch: per-GPU batch x accum_iter x 8 GPUs
+        assert cfg.train.batch_size * cfg.train.accum_iter * 8 == 4096
+        assert (cfg.train.epochs, cfg.train.warmup_epochs, cfg.train.base_lr) == (200, 10, 1.5e-4)
+    if cfg.method == "simmim":  # the reference's SimMIM: L1 on pixels, window 16 on the full grid
+        assert (pixel_loss(cfg), cfg.model.norm_pix_loss) == ("l1", False)
+        assert cfg.model.window_size == 16 or cfg.model.sr_ratios == [8, 4, 2, 1]
+
+
+def test_pixel_loss_auto_is_l1_for_simmim_only():
+    assert pixel_loss(tiny_config("method=simmim", *PYR, "model.arch=swin_t")) == "l1"
+    assert pixel_loss(tiny_config()) == "mse" and pixel_loss(tiny_config("model.pixel_loss=l1")) == "l1"
+    model = emae.build_model(tiny_config("model.pixel_loss=l1", "model.norm_pix_loss=false"))
+    out = model(torch.randn(2, 3, 16, 16), generator=torch.Generator().manual_seed(0))
+    per_patch = (out.pred - out.target).abs().mean(-1)
+    assert torch.allclose(out.loss, (per_patch * out.mask.mask).sum() / out.mask.mask.sum())

@@ -18,6 +18,8 @@ from typing import Any, Union
 
 import yaml
 
+from .archs import (PVT_SIZES, PYRAMID_ARCHS, SWIN_SIZES, VIT_SIZES, check_method_mask, check_sr_ratios, family,
+                    pyramid_dims, sr_ratios, stage_grids, stage_windows, stem_stride)
 from .errors import ConfigError
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -27,7 +29,7 @@ RECIPES_DIR = Path(__file__).parent / "configs"
 
 @dataclass
 class ModelConfig:
-    arch: str = "vit_tiny"  # vit_tiny/small/base/large/huge; pyramids (umae, simmim): swin_t/s/b/l, pvt_v2_b0/b1/s/b2
+    arch: str = "vit_tiny"  # vit_tiny/small/base/large/huge; pyramids (umae, simmim): swin_t/s/b/l, pvt_t/s/m/l
     embed_dim: int | None = None  # override the named size's width (pyramids: stage 1's; later stages scale) ...
     depth: int | None = None  # ... depth (ViT) ...
     num_heads: int | None = None  # ... and heads (pyramids: stage 1's; later stages scale)
@@ -42,6 +44,7 @@ class ModelConfig:
     decoder_depth: int = 4
     decoder_num_heads: int = 4
     norm_pix_loss: bool = True
+    pixel_loss: str = "auto"  # mse | l1 | auto: l1 for simmim (SimMIM and UM-MAE's models_simmim_*.py), mse otherwise
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -51,7 +54,7 @@ class ModelConfig:
 
 @dataclass
 class MaskConfig:
-    type: str = "random"  # random | parallel (emae) | uniform | parallel_uniform (umae)
+    type: str = "random"  # random | block | grid (mae) | parallel (emae) | uniform | parallel_uniform (umae)
     ratio: float = 0.75
     secondary_ratio: float = 0.25  # uniform masks: share of the kept tokens replaced by a mask token (UM-MAE's SM)
 
@@ -127,6 +130,7 @@ METHODS = ("mae", "emae", "umae", "simmim")
 # emae: a parallel mask (K parts per image) + self-consistency; umae: uniform masks (ViT, Swin, PVT);
 # simmim: a pyramid encoder on all tokens with mask tokens (UM-MAE's baseline)
 PRECISIONS = ("fp32", "bf16", "fp16")
+PIXEL_LOSSES = ("auto", "mse", "l1")
 DISTRIBUTED = ("auto", "none", "ddp", "fsdp")
 DIST_BACKENDS = ("auto", "nccl", "gloo")
 FSDP_CHECKPOINTS = ("full", "sharded")
@@ -315,18 +319,44 @@ def _check_leaves(obj: Any, prefix: str = "") -> None:
                 _require("\0" not in v, key, value, "text must not contain a NUL character")
 
 
+def check_pyramid(cfg: Config) -> None:
+    """The pyramid settings that must agree with the image and token grids (one-line ConfigErrors)."""
+    m = cfg.model
+    stem_stride(m.patch_size)
+    if m.depth is not None:
+        raise ConfigError(f"model.depth: {m.depth} is for ViTs; a pyramid encoder takes model.depths (4 stages)")
+    if m.sr_ratios is not None and m.arch not in PVT_SIZES:
+        raise ConfigError(f"model.sr_ratios: {m.sr_ratios} is for PVT encoders, not {m.arch}")
+    dims, depths, heads = pyramid_dims(m)
+    if len(depths) != 4 or min(depths) < 1:
+        raise ConfigError(f"model.depths: {m.depths!r} is not allowed; give 4 positive block counts, one per stage")
+    for d, h in zip(dims, heads):
+        if h < 1 or d % h:
+            raise ConfigError(f"model.embed_dim: stage width {d} is not divisible by its heads {h} (model.num_heads)")
+    grid = (m.image_size[0] // m.patch_size, m.image_size[1] // m.patch_size)
+    compact = cfg.method == "umae"
+    base = (grid[0] // 2, grid[1] // 2) if compact else grid
+    if base[0] % 2 or base[1] % 2 or min(base) < 2:
+        what = "compact grid (half the token grid)" if compact else "token grid"
+        raise ConfigError(f"model.img_size: {m.image_size[0]}x{m.image_size[1]} gives a {what} of {base[0]}x{base[1]}; "
+                          f"the last stage (stride 2 x model.patch_size on it) needs both sides even")
+    grids = stage_grids(grid, compact)
+    if m.arch in SWIN_SIZES:
+        stage_windows(grids, m.window_size)
+    else:
+        check_sr_ratios(sr_ratios(m, compact), grids)
+
+
 def validate(cfg: Config) -> None:
     """Check every value's range and the combinations that must agree."""
     from .losses import DISTANCES
-    from .masks import MASKS, PARALLEL_MASKS, UNIFORM_MASKS, num_parts
-    from .models.build import ARCHS, PYRAMID_ARCHS, check_pyramid
-    from .models.vit import VIT_SIZES
-    from .masks.uniform import check_uniform
+    from .masks import CELL_MASKS, MASKS, PARALLEL_MASKS, UNIFORM_MASKS, num_parts
+    from .masks.uniform import check_cells
 
     m, k, d, t = cfg.model, cfg.mask, cfg.data, cfg.train
     _check_leaves(cfg)
     _require(cfg.method in METHODS, "method", cfg.method, f"choose one of {list(METHODS)}")
-    _require(m.arch in ARCHS, "model.arch", m.arch, f"choose one of {sorted(ARCHS)}")
+    family(m.arch)
     for key in ("embed_dim", "depth", "num_heads"):
         v = getattr(m, key)
         _require(v is None or v > 0, f"model.{key}", v, "must be a positive integer or null")
@@ -334,6 +364,7 @@ def validate(cfg: Config) -> None:
         v = getattr(m, key)
         _require(v > 0, f"model.{key}", v, "must be a positive integer")
     _require(m.mlp_ratio > 0, "model.mlp_ratio", m.mlp_ratio, "must be positive")
+    _require(m.pixel_loss in PIXEL_LOSSES, "model.pixel_loss", m.pixel_loss, f"choose one of {list(PIXEL_LOSSES)}")
     if m.arch in VIT_SIZES:
         width, _, heads = VIT_SIZES[m.arch]
         width, heads = m.embed_dim or width, m.num_heads or heads
@@ -348,26 +379,19 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.img_size: {h}x{w} is not divisible by model.patch_size {m.patch_size}")
     _require(k.type in MASKS, "mask.type", k.type, f"choose one of {sorted(MASKS)}")
     _require(0.0 < k.ratio < 1.0, "mask.ratio", k.ratio, "must be in (0, 1)")
-    allowed = {"mae": {"random"}, "emae": {"parallel"}, "umae": UNIFORM_MASKS, "simmim": {"random", "uniform"}}
-    if k.type not in allowed[cfg.method]:
-        owners = [name for name, types in allowed.items() if k.type in types]
-        hint = (f"{k.type} masks need method: {' or '.join(owners)}" if cfg.method == "mae" and owners
-                else f"method {cfg.method} needs one of {sorted(allowed[cfg.method])}")
-        _require(False, "mask.type", k.type, hint)
+    check_method_mask(m.arch, cfg.method, k.type)
     if k.type in PARALLEL_MASKS:
         num_parts(k.ratio)
+    if k.type in CELL_MASKS:
+        check_cells((h // m.patch_size, w // m.patch_size), k.ratio, k.type)
     if k.type in UNIFORM_MASKS:
-        check_uniform((h // m.patch_size, w // m.patch_size), k.ratio, k.secondary_ratio)
+        _require(0.0 <= k.secondary_ratio < 1.0, "mask.secondary_ratio", k.secondary_ratio, "must be in [0, 1)")
     _require(m.window_size > 0, "model.window_size", m.window_size, "must be a positive integer")
-    pyramid = m.arch in PYRAMID_ARCHS
-    if pyramid:
-        _require(cfg.method in ("umae", "simmim"), "model.arch", m.arch, "pyramid encoders need method umae or simmim")
+    if m.arch in PYRAMID_ARCHS:
         check_pyramid(cfg)
     else:
         _require(m.depths is None, "model.depths", m.depths, "is for pyramid encoders; a ViT takes model.depth")
         _require(m.sr_ratios is None, "model.sr_ratios", m.sr_ratios, "is for PVT encoders")
-    if cfg.method == "simmim" and not pyramid:
-        _require(False, "model.arch", m.arch, f"method simmim needs a pyramid encoder, one of {sorted(PYRAMID_ARCHS)}")
     c = cfg.consistency
     _require(c.weight >= 0, "consistency.weight", c.weight, "must be >= 0")
     _require(c.distance in DISTANCES, "consistency.distance", c.distance, f"choose one of {list(DISTANCES)}")

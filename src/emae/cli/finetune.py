@@ -7,7 +7,7 @@ import argparse
 from .common import SeededSources, add_checkpoint_args, add_data_args, add_run_args, eval_options, positive
 
 EPILOG = """defaults are MAE's ViT-B ImageNet recipe; ViT-L uses --base-lr 1e-3 --layer-decay 0.75 --drop-path 0.2
---epochs 50. Writes log.jsonl (per-step loss / lr, per-epoch top-1 / top-5), best.pt and metrics.json.
+--epochs 50. Swin / PVT (UM-MAE, SimMIM) default to UM-MAE's --layer-decay 0.85. Writes log.jsonl (per-step loss / lr, per-epoch top-1 / top-5), best.pt and metrics.json.
 
 examples:
   emae finetune runs/cifar/checkpoint-00019500.pt --data ../shared/data/cifar10 --epochs 100 --output runs/cifar-ft
@@ -27,7 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--base-lr", type=float, default=5e-4, help="lr = base_lr x batch / 256 (5e-4)")
     g.add_argument("--lr", type=float, help="absolute lr (overrides --base-lr)")
     g.add_argument("--min-lr", type=float, default=1e-6, help="end of the cosine (1e-6)")
-    g.add_argument("--layer-decay", type=float, default=0.65, help="layer-wise lr decay (0.65)")
+    g.add_argument("--layer-decay", type=float, help="layer-wise lr decay (0.65 for a ViT as MAE; 0.85 for Swin / PVT "
+                   "as UM-MAE's Makefile)")
     g.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (0.05)")
     g.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate (0.1)")
     g.add_argument("--pool", default="avg", choices=["avg", "cls"], help="global average pool + fc_norm, or cls (avg)")

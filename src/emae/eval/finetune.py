@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -30,7 +30,7 @@ from ..engine.device import autocast, resolve_device, seed_everything
 from ..errors import CheckpointError, ConfigError, EmaeError
 from ..interop.load import CLASSIFIER_FORMAT, Loaded
 from .backbone import build_vit
-from .pyramid import is_pyramid, pyramid_classifier
+from .pyramid import PyramidClassifier, is_pyramid, pyramid_classifier
 from .common import (EvalOptions, check_full_batch, eval_tf, image_size, norm_stats, warmup_cosine_scheduler,
                      write_metrics)
 from .data import loader
@@ -44,7 +44,7 @@ class FinetuneOptions:
     base_lr: float = 5e-4  # lr = base_lr * batch_size * accum_iter / 256 unless lr is given
     lr: float | None = None
     min_lr: float = 1e-6
-    layer_decay: float = 0.65
+    layer_decay: float | None = None  # None: 0.65 for a ViT (MAE), 0.85 for Swin / PVT (UM-MAE's Makefile)
     weight_decay: float = 0.05
     drop_path: float = 0.1
     pool: str = "avg"  # avg (global pool + fc_norm) | cls
@@ -96,9 +96,20 @@ def classifier(loaded: Loaded, num_classes: int, ft: FinetuneOptions, img_size) 
     return vit
 
 
+PYRAMID_LAYER_DECAY = 0.85  # UM-MAE Makefile: finetune_{mae,simmim}_{swin_tiny,pvt_small}_256_*: --layer_decay 0.85
+VIT_LAYER_DECAY = 0.65  # MAE's ViT-B recipe
+
+
+def layer_decay(model: nn.Module, ft: FinetuneOptions) -> float:
+    """``ft.layer_decay``, or by default MAE's for a ViT and UM-MAE's for a pyramid classifier."""
+    if ft.layer_decay is not None:
+        return ft.layer_decay
+    return PYRAMID_LAYER_DECAY if isinstance(model, PyramidClassifier) else VIT_LAYER_DECAY
+
+
 def optimizer(model: nn.Module, lr: float, ft: FinetuneOptions) -> torch.optim.Optimizer:
     """AdamW with timm's layer-decay groups (``lr_scale`` per group, applied by the timm scheduler)."""
-    return create_optimizer_v2(model, "adamw", lr=lr, weight_decay=ft.weight_decay, layer_decay=ft.layer_decay,
+    return create_optimizer_v2(model, "adamw", lr=lr, weight_decay=ft.weight_decay, layer_decay=layer_decay(model, ft),
                                betas=(0.9, 0.999))
 
 
@@ -133,6 +144,7 @@ def finetune(loaded: Loaded, train_src, val_src, out: Path, opts: EvalOptions, f
     steps_per_epoch = len(train_loader)
 
     model = classifier(loaded, num_classes, ft, size).to(device)
+    ft = replace(ft, layer_decay=layer_decay(model, ft))  # the metrics record the decay that was used
     lr = ft.lr or ft.base_lr * opts.batch_size / 256
     opt = optimizer(model, lr, ft)
     total = ft.epochs * steps_per_epoch

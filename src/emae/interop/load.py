@@ -174,12 +174,14 @@ def _read_hf_folder(path: Path) -> Loaded:
 
 
 def _read_pyramid_classifier(path: Path, obj: dict) -> Loaded:
-    """A fine-tuned Swin / PVT-v2 ``best.pt``: encoder.* as the state, head.* as extras, and the fine-tuning
-    geometry (the window it was fine-tuned with; PVT's ratios are the full-grid ones) in the model config."""
+    """A fine-tuned Swin / PVT ``best.pt``: encoder.* as the state, head.* as extras, and the fine-tuning geometry
+    (Swin's window, PVT's reduction ratios) in the model config."""
     model = ModelConfig(**obj["model_config"])
-    window = (obj.get("vit") or {}).get("window_size")
-    if window is not None:
-        model.window_size = window
+    geometry = obj.get("vit") or {}
+    if geometry.get("window_size") is not None:
+        model.window_size = geometry["window_size"]
+    if geometry.get("sr_ratios") is not None:
+        model.sr_ratios = geometry["sr_ratios"]
     sd = obj["model"]
     state = {k: v for k, v in sd.items() if k.startswith("encoder.")}
     extras = {k: v for k, v in sd.items() if not k.startswith("encoder.")}

@@ -1,4 +1,4 @@
-"""MAE's pixel loss: per-patch MSE against (optionally per-patch normalised) pixels, on removed patches only."""
+"""Pixel losses on removed patches only, against (optionally per-patch normalised) pixels: MAE's MSE, or SimMIM's L1."""
 
 from __future__ import annotations
 
@@ -20,13 +20,18 @@ def pixel_target(imgs: torch.Tensor, patch_size: int, norm_pix: bool, eps: float
     return target
 
 
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the p*p*C values of each patch, then mean over the patches where ``mask`` is 1.
+PIXEL_DISTANCES = ("mse", "l1")
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, distance: str = "mse") -> torch.Tensor:
+    """Mean over the p*p*C values of each patch of the squared (``mse``) or absolute (``l1``) error, then mean over
+    the patches where ``mask`` is 1.
 
     For K-part masks every part removes the same number of patches, so this is also the mean over parts of
     each part's MAE loss.
     """
-    per_patch = (pred - target).pow(2).mean(dim=-1)
+    diff = pred - target
+    per_patch = (diff.pow(2) if distance == "mse" else diff.abs()).mean(dim=-1)
     return (per_patch * mask).sum() / mask.sum()
 
 
@@ -37,8 +42,11 @@ class PixelReconstructionLoss(nn.Module):
     """
 
     def __init__(self, patch_size: int, norm_pix: bool = True, consistency: SelfConsistencyLoss | None = None,
-                 consistency_weight: float = 1.0) -> None:
+                 consistency_weight: float = 1.0, distance: str = "mse") -> None:
         super().__init__()
+        if distance not in PIXEL_DISTANCES:
+            raise ValueError(f"distance {distance!r} is not one of {PIXEL_DISTANCES}")
+        self.distance = distance
         self.patch_size = patch_size
         self.norm_pix = norm_pix
         self.consistency = consistency
@@ -48,7 +56,7 @@ class PixelReconstructionLoss(nn.Module):
         return pixel_target(imgs, self.patch_size, self.norm_pix)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor, mask: Mask) -> dict[str, torch.Tensor]:
-        recon = masked_mse(pred, target, mask.mask)
+        recon = masked_mse(pred, target, mask.mask, self.distance)
         if self.consistency is None or mask.parts == 1:
             return {"loss": recon}
         cons = self.consistency(pred, mask.mask, mask.parts)

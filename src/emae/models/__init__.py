@@ -1,8 +1,10 @@
 """Encoders, decoders, and the masked-autoencoder method that joins them."""
 
-from .build import ARCHS, PYRAMID_ARCHS, build_model, build_pyramid, encoder_dims, pyramid_dims
+from ..archs import ARCHS, PYRAMID_ARCHS, VIT_SIZES, encoder_dims, pyramid_dims
+from .build import build_model, build_pyramid
 from .decoder import MAEDecoder
 from .mae import MAEOutput, MaskedAutoencoder
-from .vit import VIT_SIZES, ViTEncoder
+from .vit import ViTEncoder
 
-__all__ = ["ARCHS", "PYRAMID_ARCHS", "build_pyramid", "pyramid_dims", "MAEDecoder", "MAEOutput", "MaskedAutoencoder", "VIT_SIZES", "ViTEncoder", "build_model", "encoder_dims"]
+__all__ = ["ARCHS", "PYRAMID_ARCHS", "build_pyramid", "pyramid_dims", "MAEDecoder", "MAEOutput", "MaskedAutoencoder",
+           "VIT_SIZES", "ViTEncoder", "build_model", "encoder_dims"]

@@ -14,6 +14,8 @@ from .vit import LayerNorm, run_blocks, transformer_blocks
 
 
 class MAEDecoder(nn.Module):
+    cls_token = True  # the first latent token is the encoder's cls token, with its own position (zeros)
+
     def __init__(
         self,
         grid: tuple[int, int],
@@ -29,7 +31,7 @@ class MAEDecoder(nn.Module):
         self.embed_dim = embed_dim
         self.embed = nn.Linear(encoder_dim, embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(sincos_2d(embed_dim, self.grid), requires_grad=False)
+        self.pos_embed = nn.Parameter(sincos_2d(embed_dim, self.grid, self.cls_token), requires_grad=False)
         self.blocks = transformer_blocks(embed_dim, depth, num_heads, mlp_ratio)
         self.norm = LayerNorm(embed_dim)
         self.pred = nn.Linear(embed_dim, out_dim)
@@ -40,7 +42,7 @@ class MAEDecoder(nn.Module):
         self.apply(init_mae_weights)
         nn.init.normal_(self.mask_token, std=0.02)
         with torch.no_grad():
-            self.pos_embed.copy_(sincos_2d(self.embed_dim, self.grid))
+            self.pos_embed.copy_(sincos_2d(self.embed_dim, self.grid, self.cls_token))
 
     def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """latent (N, 1 + kept, De) with cls first; returns per-patch predictions (N, L, out_dim) in image order."""
@@ -48,9 +50,15 @@ class MAEDecoder(nn.Module):
 
     def decode(self, x: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """x (N, 1 + kept, D) embedded tokens, the kept ones in ``ids_keep`` order -> (N, L, out_dim)."""
+        x = torch.cat([x[:, :1], self.unshuffle(x[:, 1:], ids_restore)], dim=1) + self.pos_embed
+        return self.predict(x)[:, 1:]
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Blocks, norm and the pixel projection on (N, T, D) tokens with their positions."""
+        return self.pred(self.norm(run_blocks(self.blocks, x, self.grad_checkpointing)))
+
+    def unshuffle(self, kept: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """kept (N, K, D) in ``ids_keep`` order -> (N, L, D) in image order, the mask token at the removed places."""
         n, length = ids_restore.shape
-        tokens = torch.cat([x[:, 1:], self.mask_token.expand(n, length + 1 - x.shape[1], -1)], dim=1)
-        tokens = torch.gather(tokens, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-        x = torch.cat([x[:, :1], tokens], dim=1) + self.pos_embed
-        x = run_blocks(self.blocks, x, self.grad_checkpointing)
-        return self.pred(self.norm(x))[:, 1:]
+        tokens = torch.cat([kept, self.mask_token.expand(n, length - kept.shape[1], -1)], dim=1)
+        return torch.gather(tokens, 1, ids_restore.unsqueeze(-1).expand(-1, -1, kept.shape[-1]))

@@ -1,25 +1,28 @@
-"""Shared parts of the pyramid encoders (Swin, PVT-v2) for masked image modelling on a regular grid.
+"""Shared parts of the pyramid encoders (Swin, PVT) for masked image modelling, as UM-MAE's reference builds them.
 
 A pyramid encoder takes an image-like input (the compact half-size image of UM-MAE's kept patches, or the full
-image for SimMIM and fine-tuning), embeds it with a stem of stride ``p / 4`` (``p`` = ``model.patch_size``, the
-mask / loss token), replaces hidden tokens with a learnable ``mask_token`` right after the stem, and runs 4 stages
-(total stride ``8 p / 4 = 2 p``). Positions enter only through attention biases computed from the *true* token
-coordinates: a :class:`PositionMLP` (2 -> 32 -> heads, ReLU, as in the UM-MAE reference) on
-sign(d) * log(1 + |d|) of coordinate differences d. Coordinates are in units of the current stage's tokens; a
-stage's coordinates are the 2x2 means of the previous stage's, halved.
+image for SimMIM and fine-tuning), embeds it with a non-overlapping stem of stride ``p / 4`` (``p`` =
+``model.patch_size``, the mask / loss token), replaces hidden tokens with a learnable ``mask_token`` right after the
+stem, and runs 4 stages of non-overlapping 2x2 merges (total stride ``2 p``). Nothing overlaps a token boundary
+before the mask token is in place, so no hidden pixel reaches a visible token.
+
+Every stem token carries its *true* (row, col) on the full stem grid; a merged token takes the coordinate of its
+top-left input, halved (the reference's ``pos_hw[:, 0::2, 0::2] / 2``). Swin turns coordinate differences into an
+attention bias (:class:`PositionMLP`), PVT gathers a fixed sin-cos table at them.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..archs import stem_stride
 from ..errors import ConfigError
 from ..masks import Mask
 from ..masks.compact import compact_grid, pack_image, true_coords
-
-NUM_STAGES = 4
+from .init import init_mae_weights, init_patch_embed
 
 
 def signed_log(d: torch.Tensor) -> torch.Tensor:
@@ -27,14 +30,15 @@ def signed_log(d: torch.Tensor) -> torch.Tensor:
 
 
 class PositionMLP(nn.Sequential):
-    """Relative-position bias from coordinates: (.., 2) differences -> (.., heads)."""
+    """Relative-position bias from coordinates (the reference's ``posmlp``: 1x1 convs 2 -> hidden -> heads, ReLU, on
+    sign(d) log(1 + |d|) of d = key - query)."""
 
     def __init__(self, num_heads: int, hidden: int = 32) -> None:
         super().__init__(nn.Linear(2, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_heads))
 
     def bias(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """q (B, N, 2), k (B, M, 2) coordinates -> (B, heads, N, M) attention bias."""
-        return self(signed_log(q[:, :, None] - k[:, None])).permute(0, 3, 1, 2)
+        return self(signed_log(k[:, None] - q[:, :, None])).permute(0, 3, 1, 2)
 
 
 def grid_coords(batch: int, h: int, w: int, device=None) -> torch.Tensor:
@@ -43,11 +47,9 @@ def grid_coords(batch: int, h: int, w: int, device=None) -> torch.Tensor:
     return torch.stack([rows, cols], dim=-1).float().expand(batch, -1, -1, -1)
 
 
-def pool_coords(coords: torch.Tensor, k: int) -> torch.Tensor:
-    """Mean coordinate of every k x k block, same units: (B, h, w, 2) -> (B, h/k, w/k, 2)."""
-    if k == 1:
-        return coords
-    return F.avg_pool2d(coords.permute(0, 3, 1, 2), k).permute(0, 2, 3, 1)
+def merge_coords(coords: torch.Tensor) -> torch.Tensor:
+    """Coordinates after a 2x2 merge, in the new stage's units: the top-left input's, halved (B, h/2, w/2, 2)."""
+    return coords[:, 0::2, 0::2] / 2
 
 
 def stem_coords(coords: torch.Tensor, u: int) -> torch.Tensor:
@@ -57,21 +59,21 @@ def stem_coords(coords: torch.Tensor, u: int) -> torch.Tensor:
     return coords.repeat_interleave(u, 1).repeat_interleave(u, 2) * u + offset
 
 
-def stem_stride(patch_size: int) -> int:
-    if patch_size % 4:
-        raise ConfigError(f"model.patch_size: {patch_size} is not allowed for a pyramid encoder; it must be a multiple "
-                          f"of 4 (the stem has stride patch_size / 4 and the last stage 2 x patch_size)")
-    return patch_size // 4
+class ConvMerge(nn.Module):
+    """The reference's ``PatchMerge``: (optional LayerNorm on each token, then) a 2x2 stride-2 convolution;
+    (B, H, W, C_in) -> (B, H/2, W/2, C_out). Swin normalises first, PVT does not."""
 
+    def __init__(self, in_dim: int, out_dim: int, norm: bool) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(in_dim, eps=1e-6) if norm else nn.Identity()
+        self.proj = nn.Conv2d(in_dim, out_dim, kernel_size=2, stride=2)
 
-def stage_grids(grid: tuple[int, int], compact: bool) -> list[tuple[int, int]]:
-    """Token grid of every stage for a mask-token grid ``grid`` (halved when the encoder runs on the compact grid)."""
-    h, w = compact_grid(grid) if compact else grid
-    return [(h * 4 >> i, w * 4 >> i) for i in range(NUM_STAGES)]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.norm(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
 class PyramidEncoder(nn.Module):
-    """Stem + mask token + 4 stages + final norm; subclasses build ``stem`` and ``stages``.
+    """Stem + mask token + positions + 4 stages + final norm; subclasses build ``stem`` and ``stages``.
 
     ``compact`` True: UM-MAE (runs on the packed kept patches); False: SimMIM and fine-tuning (full image).
     """
@@ -88,8 +90,13 @@ class PyramidEncoder(nn.Module):
         self.stride = stem_stride(patch_size)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, 1, embed_dim))
 
-    def init_tokens(self) -> None:
-        nn.init.normal_(self.mask_token, std=0.02)
+    def hidden_token(self) -> torch.Tensor:
+        """What replaces a hidden stem token (the raw mask token; Swin's UM-MAE normalises it)."""
+        return self.mask_token
+
+    def add_positions(self, tokens: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """Absolute positions after the mask token is in place (PVT); Swin has none."""
+        return tokens
 
     def run_stages(self, x: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         for stage in self.stages:
@@ -98,23 +105,27 @@ class PyramidEncoder(nn.Module):
 
     def forward_features(self, x: torch.Tensor, coords: torch.Tensor | None = None,
                          hidden: torch.Tensor | None = None) -> torch.Tensor:
-        """x (N, C, H, W); coords (N, H/p, W/p, 2) true mask-token coordinates (None: a regular grid); hidden
-        (N, H/p, W/p) 1 where the mask token replaces the tokens. Returns (N, H/2p, W/2p, C_last)."""
+        """x (N, C, H, W); coords (N, H/p, W/p, 2) true mask-token coordinates (None: the regular grid, shared by the
+        batch); hidden (N, H/p, W/p) 1 where the mask token replaces the tokens. Returns (N, H/2p, W/2p, C_last)."""
         tokens = self.stem(x)  # (N, h, w, D)
         u = self.patch_size // self.stride  # stem tokens per mask token side
-        n, h, w, _ = tokens.shape
-        coords = grid_coords(n, h, w, x.device) if coords is None else stem_coords(coords, u)
+        _, h, w, _ = tokens.shape
+        coords = grid_coords(1, h, w, x.device) if coords is None else stem_coords(coords, u)
         if hidden is not None:
             hide = hidden.repeat_interleave(u, 1).repeat_interleave(u, 2).unsqueeze(-1).bool()
-            tokens = torch.where(hide, self.mask_token.to(tokens.dtype), tokens)
-        return self.run_stages(tokens, coords)
+            tokens = torch.where(hide, self.hidden_token().to(tokens.dtype), tokens)
+        return self.run_stages(self.add_positions(tokens, coords), coords)
 
     def encode_masked(self, imgs: torch.Tensor, mask: Mask) -> torch.Tensor:
-        """The masked-modelling forward: UM-MAE's compact grid, or SimMIM's full grid with mask tokens."""
+        """The masked-modelling forward: UM-MAE's compact grid (secondary-masked tokens hidden), or SimMIM's full
+        grid with every removed (and, for uniform masks, secondary-masked) token hidden."""
         if self.compact:
             hidden = None if mask.secondary is None else mask.secondary.unflatten(1, compact_grid(self.grid))
             return self.forward_features(pack_image(imgs, mask, self.patch_size), true_coords(mask, self.grid), hidden)
-        return self.forward_features(imgs, None, mask.mask.unflatten(1, self.grid))
+        hidden = mask.mask
+        if mask.secondary is not None:
+            hidden = hidden.scatter(1, mask.ids_keep, mask.secondary.to(hidden.dtype))
+        return self.forward_features(imgs, None, hidden.unflatten(1, self.grid))
 
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
         return self.forward_features(imgs)
@@ -129,13 +140,20 @@ class PyramidEncoder(nn.Module):
             return tokens
         raise ConfigError(f"pool: {pool!r} is not allowed for a pyramid encoder (no cls token); use 'mean' or 'none'")
 
-
-def init_pyramid_weights(module: nn.Module) -> None:
-    """Swin / PVT init: trunc-normal(0.02) Linear weights, zero biases, unit LayerNorms."""
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
+    def reset_parameters(self) -> None:
+        """The reference's init (models_mae_swin.py / models_mae_pvt.py ``initialize_weights``): mask token
+        normal(0.02); xavier-uniform Linear layers, zero biases, unit LayerNorms; He-normal (fan-out) convolutions,
+        the position MLP included (1x1 convs there); the stem conv xavier-uniform as the Linear layer it is."""
+        nn.init.normal_(self.mask_token, std=0.02)
+        self.apply(init_mae_weights)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
+                nn.init.normal_(module.weight, std=math.sqrt(2.0 / fan_out))
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, PositionMLP):
+                for layer in (module[0], module[2]):
+                    nn.init.normal_(layer.weight, std=math.sqrt(2.0 / layer.out_features))
+                    nn.init.zeros_(layer.bias)
+        init_patch_embed(self.stem.proj)

@@ -18,10 +18,13 @@ def shuffle_tokens(x: torch.Tensor) -> torch.Tensor:
 
 class UMDecoder(MAEDecoder):
     """Linear(C -> 4 D) + PixelShuffle(2) turns the last stage (stride 2p on the compact grid) into one token per
-    kept patch, in compact raster order, which is ``Mask.ids_keep``'s order. :meth:`MAEDecoder.decode` then
-    appends mask tokens, un-shuffles with ``ids_restore`` and adds the position embedding in *image* order, so
-    every kept token gets the position of its true patch (the reference adds positions to the visible tokens in
-    compact raster order instead). The cls slot holds the mean of the kept tokens."""
+    kept patch, in compact raster order, which is ``Mask.ids_keep``'s order (models_mae_swin.py / models_mae_pvt.py
+    ``decoder_embed`` + ``decoder_expand``). Then MAE's light decoder on the kept tokens and a mask token at every
+    removed patch, with no cls token, as the reference. Every kept token gets the position of its true patch; the
+    reference adds the positions of the kept patches in *raster* order to the tokens in compact order, which
+    differs whenever a row of cells keeps tokens in both of its rows (SPEC §3 "Caution"; tested)."""
+
+    cls_token = False
 
     def __init__(self, grid: tuple[int, int], encoder_dim: int, out_dim: int, embed_dim: int = 512, depth: int = 2,
                  num_heads: int = 16, mlp_ratio: float = 4.0) -> None:
@@ -31,12 +34,12 @@ class UMDecoder(MAEDecoder):
 
     def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """latent (N, h, w, C) last-stage tokens -> (N, L, out_dim) predictions in image order."""
-        x = shuffle_tokens(self.embed(latent))
-        return self.decode(torch.cat([x.mean(dim=1, keepdim=True), x], dim=1), ids_restore)
+        return self.predict(self.unshuffle(shuffle_tokens(self.embed(latent)), ids_restore) + self.pos_embed)
 
 
 class SimMIMHead(nn.Module):
-    """SimMIM's light head: a linear map of every last-stage token (stride 2p) to the pixels of its 2x2 patches."""
+    """SimMIM's light head: a linear map of every last-stage token (stride 2p) to the pixels of its 2x2 patches, laid
+    out by PixelShuffle(2) (models_simmim_swin.py / models_simmim_pvt.py ``decoder_pred`` + ``decoder_shuffle``)."""
 
     def __init__(self, encoder_dim: int, out_dim: int) -> None:
         super().__init__()

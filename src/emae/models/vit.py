@@ -18,15 +18,6 @@ from ..masks.compact import gather_tokens
 from .init import init_mae_weights, init_patch_embed
 from .pos_embed import sincos_2d
 
-# width, depth, heads
-VIT_SIZES: dict[str, tuple[int, int, int]] = {
-    "vit_tiny": (192, 12, 3),
-    "vit_small": (384, 12, 6),
-    "vit_base": (768, 12, 12),
-    "vit_large": (1024, 24, 16),
-    "vit_huge": (1280, 32, 16),
-}
-
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 
 
