@@ -5,7 +5,8 @@ stem grid, gathered at every token's true position and added after the mask toke
 spatial-reduction attention (keys and values from ``avg_pool(sr) -> 1x1 conv -> LayerNorm``) and a plain MLP; one
 final norm. The reduction's weights do not depend on the ratio, so the ratios change between pre-training
 ([4, 2, 1, 1] on the compact grid) and fine-tuning ([8, 4, 2, 1] on the full grid) with no new layer; the
-position table becomes trainable for fine-tuning, as in the reference's ``models_pvt.py``.
+position table becomes trainable for fine-tuning, as in the reference's ``models_pvt.py``. LayerNorm eps 1e-5 in the
+blocks (``PVTBlock`` is built without the ``norm_layer``), 1e-6 in the final norm, as the reference.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class SRAttention(nn.Module):
         self.kv = nn.Linear(dim, dim * 2)
         self.proj = nn.Linear(dim, dim)
         self.sr = nn.Conv2d(dim, dim, kernel_size=1)
-        self.norm = nn.LayerNorm(dim)  # eps 1e-5, as the reference's plain nn.LayerNorm here
+        self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         b, n, c = x.shape
@@ -52,10 +53,10 @@ class SRAttention(nn.Module):
 class PVTBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, sr_ratio: int, drop_path: float) -> None:
         super().__init__()
-        self.norm1 = LayerNorm(dim)
+        self.norm1 = nn.LayerNorm(dim)
         self.attn = SRAttention(dim, num_heads, sr_ratio)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:

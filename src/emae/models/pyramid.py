@@ -38,7 +38,8 @@ class PositionMLP(nn.Sequential):
 
     def bias(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """q (B, N, 2), k (B, M, 2) coordinates -> (B, heads, N, M) attention bias."""
-        return self(signed_log(k[:, None] - q[:, :, None])).permute(0, 3, 1, 2)
+        d = (k[:, None] - q[:, :, None]).to(self[0].weight.dtype)  # coordinates are float32
+        return self(signed_log(d)).permute(0, 3, 1, 2)
 
 
 def grid_coords(batch: int, h: int, w: int, device=None) -> torch.Tensor:

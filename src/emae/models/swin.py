@@ -1,11 +1,13 @@
 """Swin Transformer (T/S/B/L) for UM-MAE, SimMIM and fine-tuning, as UM-MAE's ``models_mae_swin.py`` builds it.
 
-timm's ``SwinTransformerBlock`` (LayerNorm eps 1e-6) with one change: the relative-position table is dropped and
+timm's ``SwinTransformerBlock`` with one change: the relative-position table is dropped and
 :class:`~emae.models.pyramid.PositionMLP` computes the bias from the true coordinates of the tokens in each
 (shifted) window, per image (the regular grid of SimMIM and fine-tuning once for the whole batch, as the reference
 does). The MLP's shape does not depend on the window, so a model pre-trained with window 8 on the compact grid loads
 into window 16 at fine-tuning unchanged. Stem: 4x4-stride conv + LayerNorm; merges: LayerNorm + 2x2 conv (the
 reference's ``PatchMerge``, not timm's ``PatchMerging``). Windows larger than a stage's grid shrink to it (no shift).
+LayerNorm eps as the reference has them: 1e-6 in the stem, the merges and the final norm (its ``norm_layer``), the
+default 1e-5 inside the blocks (``SwinBlock`` is built without it).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class CoordSwinBlock(SwinTransformerBlock):
     def __init__(self, dim: int, resolution: tuple[int, int], num_heads: int, window: int, shift: bool,
                  mlp_ratio: float, drop_path: float, pos_hidden: int = 32) -> None:
         super().__init__(dim, resolution, num_heads, window_size=window, shift_size=window // 2 if shift else 0,
-                         mlp_ratio=mlp_ratio, drop_path=drop_path, norm_layer=LayerNorm)
+                         mlp_ratio=mlp_ratio, drop_path=drop_path)
         self.attn = CoordWindowAttention(dim, num_heads, self.window_size[0], pos_hidden)
 
     def forward(self, x: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
