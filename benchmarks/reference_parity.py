@@ -4,7 +4,8 @@ For UM-MAE Swin-T (``models_mae_swin.py``), UM-MAE PVT-S (``models_mae_pvt.py``)
 (``models_simmim_swin.py``) and SimMIM PVT-S (``models_simmim_pvt.py``), all at 256 px: the reference model is built
 with its own constructor, its weights are perturbed (so that no zero bias or unit norm hides a mismatch) and copied
 into emae's model from the shipped recipe; both run in eval mode on the same images and masks. Reported: the max
-absolute difference of the encoder outputs, the predictions and the loss.
+absolute difference of the encoder outputs, the predictions and the loss. The fine-tuning models (``models_swin.py``,
+``models_pvt.py``) get a UM-MAE checkpoint's weights as emae's fine-tuning loader places them: the logits.
 
 UM-MAE's reference decoder adds the positions of the kept patches in raster order to the tokens in compact order
 (SPEC §3 "Caution"); emae gives every token its true position. Both agree where the two orders coincide (every row of
@@ -18,8 +19,8 @@ The reference needs einops (``pip install -e ".[reference]"``) and imports APIs 
 run time here (``timm.models.layers``, ``Block(qk_scale=...)``, ``np.float``, ``from turtle import pos``); its code
 is not copied.
 
-    git -C UM-MAE-MIRROR archive HEAD models_mae_swin.py models_mae_pvt.py models_simmim_swin.py \\
-        models_simmim_pvt.py util | tar -x -C /tmp/umae-ref
+    git -C UM-MAE-MIRROR archive HEAD models_mae_swin.py models_mae_pvt.py models_simmim_swin.py models_swin.py \\
+        models_simmim_pvt.py models_pvt.py util | tar -x -C /tmp/umae-ref
     python benchmarks/reference_parity.py --umae-src /tmp/umae-ref --ref-commit cb7776b
 """
 
@@ -40,18 +41,21 @@ from emae.config import load_config
 from emae.masks import Mask, random_mask, uniform_mask
 from emae.masks.uniform import mask_from_kept, secondary_from_noise
 
-CASES = {  # name: (reference module, constructor, emae recipe, UM-MAE?)
-    "umae-swin_t": ("models_mae_swin", "mae_swin_tiny_256", "umae_swin_t_p16_in1k_256", True),
-    "umae-pvt_s": ("models_mae_pvt", "mae_pvt_small_256", "umae_pvt_s_p16_in1k_256", True),
-    "simmim-swin_t": ("models_simmim_swin", "simmim_swin_tiny_256", "simmim_swin_t_p16_in1k_256", False),
-    "simmim-pvt_s": ("models_simmim_pvt", "simmim_pvt_small_256", "simmim_pvt_s_p16_in1k_256", False),
+CASES = {  # name: (reference module, constructor, emae recipe, kind)
+    "umae-swin_t": ("models_mae_swin", "mae_swin_tiny_256", "umae_swin_t_p16_in1k_256", "umae"),
+    "umae-pvt_s": ("models_mae_pvt", "mae_pvt_small_256", "umae_pvt_s_p16_in1k_256", "umae"),
+    "simmim-swin_t": ("models_simmim_swin", "simmim_swin_tiny_256", "simmim_swin_t_p16_in1k_256", "simmim"),
+    "simmim-pvt_s": ("models_simmim_pvt", "simmim_pvt_small_256", "simmim_pvt_s_p16_in1k_256", "simmim"),
+    # fine-tuning: a UM-MAE checkpoint's classifier (window 16, ratios [8,4,2,1]) vs models_swin.py / models_pvt.py
+    "finetune-swin_t": ("models_swin", "swin_tiny_256", "umae_swin_t_p16_in1k_256", "finetune"),
+    "finetune-pvt_s": ("models_pvt", "pvt_small_256", "umae_pvt_s_p16_in1k_256", "finetune"),
 }
 
 
 # ---------------------------------------------------------------- importing the reference
 
 
-def import_reference(src: Path) -> dict[str, types.ModuleType]:
+def import_reference(src: Path, names: list[str]) -> dict[str, types.ModuleType]:
     """The reference's model modules, imported against today's timm and numpy with run-time patches."""
     import numpy as np
     import timm.models.vision_transformer as vit
@@ -69,7 +73,7 @@ def import_reference(src: Path) -> dict[str, types.ModuleType]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # timm.models.layers is deprecated, still importable
-            return {name: __import__(name) for name, _, _, _ in CASES.values()}
+            return {name: __import__(name) for name in names}
     finally:
         vit.Block = original
 
@@ -96,6 +100,8 @@ def emae_key(key: str, depths: list[int]) -> str:
         return f"encoder.stem.{rest}"
     if head == "norm":
         return f"encoder.norm.{rest}"
+    if head in ("fc_norm", "head"):
+        return key
     if head == "blocks":
         i, _, tail = rest.partition(".")
         stage = next(s for s in range(4) if int(i) < sum(depths[:s + 1]))
@@ -227,9 +233,39 @@ def compare_simmim(ref, model, imgs: torch.Tensor, gen: torch.Generator) -> dict
             "predictions, every patch": maxdiff(mine.pred, ref_pred), "loss": maxdiff(mine.loss, ref_loss)}
 
 
+def compare_finetune(ref, recipe: str, args: argparse.Namespace, dtype: torch.dtype) -> dict[str, float]:
+    """A UM-MAE checkpoint (random, perturbed weights) through emae's fine-tuning loader, and the same weights in the
+    reference's fine-tuning model (its main_finetune.py loads the checkpoint's keys by name)."""
+    from emae.eval.pyramid import pyramid_classifier
+    from emae.interop.load import Loaded
+
+    cfg = load_config(recipe, ["train.precision=fp32"])
+    pre = emae.build_model(cfg)
+    with torch.no_grad():
+        for p in pre.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    clf = pyramid_classifier(Loaded("memory", "emae", cfg, pre.state_dict()), 1000).eval()
+    with torch.no_grad():
+        for p in [*clf.fc_norm.parameters(), *clf.head.parameters()]:
+            p.add_(torch.randn_like(p) * 0.02)
+    depths = [len(stage.blocks) for stage in clf.encoder.stages]
+    own = clf.state_dict()
+    ref.load_state_dict({k: own[emae_key(k, depths)].reshape(v.shape) for k, v in ref.state_dict().items()})
+    clf.to(dtype)
+    ref.to(dtype)
+    if isinstance(getattr(ref, "pos_hw", None), torch.Tensor):
+        ref.pos_hw = ref.pos_hw.to(dtype)
+    imgs = torch.randn(args.batch, 3, 256, 256, generator=torch.Generator().manual_seed(args.seed)).to(dtype)
+    with torch.no_grad():
+        return {"logits (fine-tuning model)": maxdiff(clf(imgs), ref(imgs))}
+
+
 def run_case(name: str, modules: dict, args: argparse.Namespace, dtype: torch.dtype) -> dict[str, float]:
-    module, ctor, recipe, umae = CASES[name]
+    module, ctor, recipe, kind = CASES[name]
     torch.manual_seed(args.seed)
+    if kind == "finetune":
+        return compare_finetune(getattr(modules[module], ctor)(num_classes=1000).eval(), recipe, args, dtype)
+    umae = kind == "umae"
     kwargs = {"norm_pix_loss": umae} | ({"vis_mask_ratio": args.secondary} if umae else {})
     ref = getattr(modules[module], ctor)(**kwargs).eval()
     cfg = load_config(recipe, ["train.precision=fp32", f"mask.secondary_ratio={args.secondary}"])
@@ -260,9 +296,11 @@ def main(argv: list[str] | None = None) -> int:
         import einops  # noqa: F401 - the reference's dependency
     except ImportError:
         ap.error('the reference needs einops: pip install -e ".[reference]"')
-    if not (args.umae_src / "models_mae_swin.py").is_file():
-        ap.error(f"--umae-src {args.umae_src}: no models_mae_swin.py there")
-    modules = import_reference(args.umae_src)
+    needed = sorted({f"{CASES[c][0]}.py" for c in args.cases} | {"util/pos_embed.py"})
+    missing = [f for f in needed if not (args.umae_src / f).is_file()]
+    if missing:
+        ap.error(f"--umae-src {args.umae_src}: no {', '.join(missing)} there (a checkout of implus/UM-MAE?)")
+    modules = import_reference(args.umae_src, sorted({CASES[c][0] for c in args.cases}))
     print(f"reference implus/UM-MAE @ {commit_of(args.umae_src, args.ref_commit)}; emae {emae.__version__}, torch "
           f"{torch.__version__}; 256 px, batch {args.batch}, seed {args.seed}, secondary ratio {args.secondary}")
     worst = 0.0
@@ -270,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         for dtype_name in args.dtypes:
             dtype = getattr(torch, dtype_name)
             for what, diff in run_case(name, modules, args, dtype).items():
-                print(f"  {name:<14} {dtype_name:<8} {what:<78} max |diff| {diff:.2e}", flush=True)
+                print(f"  {name:<15} {dtype_name:<8} {what:<78} max |diff| {diff:.2e}", flush=True)
                 if dtype == torch.float32 and "by design" not in what:
                     worst = max(worst, diff)
     verdict = "met" if worst <= args.tolerance else "NOT met"

@@ -257,11 +257,23 @@ def test_finetune_swin_loads_every_encoder_weight(tmp_path):
     pre = save_checkpoint(tmp_path / "ck.pt", *UMAE, *PYR, "model.arch=swin_t")
     clf = pyramid_classifier(read_checkpoint(tmp_path / "ck.pt"), 10)
     assert clf.reinitialised == [] and clf.encoder.window_size == 4 and not clf.encoder.compact
+    assert_encoder_loaded(clf, pre)
+    assert clf(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def assert_encoder_loaded(clf, pre) -> None:
+    """Every pre-trained encoder weight is in the classifier, but the (unused) mask token and the final norm: the
+    reference's fine-tuning model pools the last stage and normalises with a new LayerNorm (fc_norm) instead."""
     own = clf.state_dict()
     for key, value in pre.encoder.state_dict().items():
-        if key != "mask_token":
+        if key.startswith("norm."):
+            assert "encoder." + key not in own
+        elif key != "mask_token":
             assert torch.equal(own["encoder." + key], value), key
-    assert clf(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert torch.equal(clf.fc_norm.weight, torch.ones(128)) and torch.equal(clf.fc_norm.bias, torch.zeros(128))
+    x = torch.randn(2, 3, 32, 32)
+    tokens = clf.encoder(x)
+    assert torch.allclose(clf.forward_head(tokens, pre_logits=True), clf.fc_norm(tokens.mean((1, 2))))
 
 
 def test_finetune_pvt_at_new_reduction_ratios_loads_every_weight(tmp_path):
@@ -271,10 +283,7 @@ def test_finetune_pvt_at_new_reduction_ratios_loads_every_weight(tmp_path):
     loaded = read_checkpoint(tmp_path / "ck.pt")
     clf = pyramid_classifier(loaded, 10)
     assert clf.reinitialised == [] and pre.encoder.sr_ratios == [4, 2, 1, 1] and clf.encoder.sr_ratios == [8, 4, 2, 1]
-    own = clf.state_dict()
-    for key, value in pre.encoder.state_dict().items():
-        if key != "mask_token":
-            assert torch.equal(own["encoder." + key], value), key
+    assert_encoder_loaded(clf, pre)
     assert clf.encoder.pos_embed.requires_grad and "encoder.pos_embed" in clf.no_weight_decay()
     assert clf(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     bigger = pyramid_classifier(loaded, 10, img_size=(48, 48))
@@ -290,7 +299,8 @@ def test_finetune_layer_decay_runs_through_the_stages(tmp_path):
     opt = optimizer(clf, 1e-3, FinetuneOptions(layer_decay=0.5))
     scale = {n: g["lr_scale"] for g in opt.param_groups for n, p in clf.named_parameters()
              if any(p is q for q in g["params"])}
-    assert scale["head.weight"] == 1.0 and scale["encoder.stem.proj.weight"] == min(scale.values()) == 0.5**5
+    assert scale["head.weight"] == scale["fc_norm.weight"] == 1.0
+    assert scale["encoder.stem.proj.weight"] == min(scale.values()) == 0.5**5
     order = [scale[f"encoder.stages.{i}.blocks.0.attn.qkv.weight"] for i in range(4)]
     assert order == [0.5**4, 0.5**3, 0.5**2, 0.5]  # blocks 1..4 of the flat list, as the reference's lr_decay.py
     assert scale["encoder.stages.1.downsample.proj.weight"] == order[1]  # the merge belongs to its stage's first block

@@ -11,8 +11,9 @@ as the reference does it (models_swin.py, models_pvt.py), and how each weight is
   "during finetuning we let the pos_embed learn") and is resampled (bicubic) when the resolution changes.
 - The secondary-mask token (``mask_token``) is not used and not loaded.
 
-Every encoder weight loads; there is no freshly initialised layer but the head. A SimMIM checkpoint already ran on
-the full grid; a fine-tuned classifier (``best.pt``) stores its fine-tuning window and ratios.
+Every encoder weight loads. The classifier is the reference's: the encoder without its final norm, global average
+pool, a new LayerNorm (``fc_norm``, weight 1, bias 0) and the head. A SimMIM checkpoint already ran on the full grid;
+a fine-tuned classifier (``best.pt``) stores its fine-tuning window and ratios.
 
 Frozen features (``linprobe``, ``knn``, :class:`FrozenPyramid`) use the same full-grid encoder and the global
 average of the last stage after the final norm, as the UM-MAE and SimMIM papers do; there is no cls token.
@@ -52,6 +53,8 @@ def load_pyramid_encoder(encoder: PyramidEncoder, loaded: Loaded) -> list[str]:
     position table, resampled to a new resolution). Any missing, unexpected or mis-shaped key is an error."""
     src = {k[len("encoder."):]: v for k, v in loaded.state.items() if k.startswith("encoder.")}
     src.pop("mask_token", None)
+    if isinstance(encoder.norm, nn.Identity):  # a classifier's encoder: fc_norm after the pool replaces the norm
+        src = {k: v for k, v in src.items() if not k.startswith("norm.")}
     own = encoder.state_dict()
     changed = []
     for key, value in src.items():
@@ -74,19 +77,22 @@ def load_pyramid_encoder(encoder: PyramidEncoder, loaded: Loaded) -> list[str]:
 
 
 class PyramidClassifier(nn.Module):
-    """Pyramid encoder + global average pool + Linear head (Swin's and PVT's fine-tuning model)."""
+    """The reference's fine-tuning model (models_swin.py / models_pvt.py): the encoder without its final norm, a
+    global average pool, a LayerNorm (``fc_norm``, eps 1e-6) and a Linear head."""
 
     def __init__(self, encoder: PyramidEncoder, num_classes: int) -> None:
         super().__init__()
+        encoder.norm = nn.Identity()
         self.encoder = encoder
         self.num_features = encoder.num_features
+        self.fc_norm = nn.LayerNorm(encoder.num_features, eps=1e-6)
         self.head = nn.Linear(encoder.num_features, num_classes) if num_classes else nn.Identity()
 
     def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
         return self.encoder(imgs)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.mean(dim=(1, 2))
+        x = self.fc_norm(x.mean(dim=(1, 2)))
         return x if pre_logits else self.head(x)
 
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
@@ -98,27 +104,30 @@ class PyramidClassifier(nn.Module):
     def group_matcher(self, coarse: bool = False) -> dict:
         """Layer ids for layer-wise lr decay, as the reference's ``param_groups_lrd`` numbers its flat block list:
         stem (and positions) 0, then block by block through the stages (a stage's merge with its first block), then
-        norm and head."""
+        fc_norm and head."""
         return dict(stem=r"^encoder\.stem|^encoder\.mask_token|^encoder\.pos_embed",
                     blocks=[(r"^encoder\.stages\.(\d+)\.downsample", (0,)),
                             (r"^encoder\.stages\.(\d+)\.blocks\.(\d+)", None),
-                            (r"^encoder\.norm|^head", (100000,))])  # its own last group (timm's 99999 merges)
+                            (r"^fc_norm|^head", (100000,))])  # their own last group (timm's 99999 would merge)
 
 
 def pyramid_classifier(loaded: Loaded, num_classes: int, drop_path: float = 0.0,
                        img_size: tuple[int, int] | None = None, keep_head: bool = False) -> PyramidClassifier:
-    """The fine-tuning model from a UM-MAE / SimMIM checkpoint (``.reinitialised`` lists what did not load), or a
-    fine-tuned classifier (``best.pt``) again; ``keep_head`` loads the checkpoint's head."""
-    unknown = [k for k in loaded.extras if not k.startswith("head.")]
+    """The fine-tuning model from a UM-MAE / SimMIM checkpoint (``.reinitialised`` lists what did not load as it
+    is), or a fine-tuned classifier (``best.pt``) again, with its ``fc_norm``; ``keep_head`` loads its head."""
+    unknown = [k for k in loaded.extras if not k.startswith(("head.", "fc_norm."))]
     if unknown:
         raise CheckpointError(f"{loaded.path} has an unexpected {unknown[0]!r} for a pyramid classifier")
     encoder = finetune_encoder(loaded, drop_path, img_size)
     model = PyramidClassifier(encoder, num_classes)
     model.reinitialised = load_pyramid_encoder(encoder, loaded)
+    if "fc_norm.weight" in loaded.extras:
+        model.fc_norm.load_state_dict({k[len("fc_norm."):]: v for k, v in loaded.extras.items()
+                                       if k.startswith("fc_norm.")})
     if hasattr(encoder, "pos_embed"):
         encoder.pos_embed.requires_grad_(True)  # PVT: models_pvt.py trains the table when fine-tuning
     if keep_head:
-        head = {k[len("head."):]: v for k, v in loaded.extras.items()}
+        head = {k[len("head."):]: v for k, v in loaded.extras.items() if k.startswith("head.")}
         try:
             model.head.load_state_dict(head, strict=True)
         except RuntimeError:
@@ -140,11 +149,13 @@ def pyramid_pool(loaded: Loaded, pool: str | None) -> str:
 
 class FrozenPyramid(nn.Module):
     """A pyramid encoder that never trains (no gradients, always eval): one feature vector per image, the global
-    average of the last stage after the final norm (``PyramidEncoder.extract_features(imgs, 'mean')``)."""
+    average of the last stage after the final norm, or for a fine-tuned classifier its pre-logits
+    (``fc_norm`` of the average)."""
 
-    def __init__(self, encoder: PyramidEncoder) -> None:
+    def __init__(self, encoder: PyramidEncoder, fc_norm: nn.Module | None = None) -> None:
         super().__init__()
         self.encoder = encoder.requires_grad_(False).eval()
+        self.fc_norm = (fc_norm or nn.Identity()).requires_grad_(False).eval()
         self.pool = "avg"
         self.dim = encoder.num_features
 
@@ -152,13 +163,19 @@ class FrozenPyramid(nn.Module):
         return super().train(False)
 
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
-        return self.encoder.extract_features(imgs, "mean")
+        with torch.no_grad():
+            return self.fc_norm(self.encoder.forward_features(imgs).mean(dim=(1, 2)))
 
 
 def frozen_pyramid(loaded: Loaded, pool: str | None = "avg", img_size: tuple[int, int] | None = None) -> FrozenPyramid:
     """The checkpoint's encoder on the full grid with the fine-tuning geometry (Swin's window x2 and PVT's ratios
     [8, 4, 2, 1] after UM-MAE), frozen; every weight is a trained one."""
     pyramid_pool(loaded, pool)
+    if loaded.source == CLASSIFIER_FORMAT:
+        clf = pyramid_classifier(loaded, 0, img_size=img_size)
+        frozen = FrozenPyramid(clf.encoder, clf.fc_norm)
+        frozen.reinitialised = clf.reinitialised
+        return frozen
     encoder = finetune_encoder(loaded, 0.0, img_size)
     frozen = FrozenPyramid(encoder)
     frozen.reinitialised = load_pyramid_encoder(encoder, loaded)
