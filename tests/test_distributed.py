@@ -168,7 +168,7 @@ PYRAMID = ["method=umae", "mask.type=uniform", "model.depth=null", "model.img_si
            "model.embed_dim=16", "model.depths=[1,1,1,1]", "model.num_heads=1", "model.window_size=2"]
 
 
-@pytest.mark.parametrize("overrides", [[], [*PYRAMID, "model.arch=swin_t"], [*PYRAMID, "model.arch=pvt_v2_s"]],
+@pytest.mark.parametrize("overrides", [[], [*PYRAMID, "model.arch=swin_t"], [*PYRAMID, "model.arch=pvt_s"]],
                          ids=["vit", "swin", "pvt"])
 def test_activation_checkpointing_same_loss_and_gradients(overrides):
     torch.manual_seed(0)
@@ -249,7 +249,7 @@ def test_one_process_group_with_mixed_precision(tmp_path, mode, precision):
 
 @needs_gloo
 @pytest.mark.parametrize("overrides", [[*PYRAMID, "model.arch=swin_t"],
-                                       [*PYRAMID, "model.arch=pvt_v2_s", "method=simmim", "mask.type=random"]],
+                                       [*PYRAMID, "model.arch=pvt_s", "method=simmim", "mask.type=random"]],
                          ids=["umae-swin", "simmim-pvt"])
 def test_fsdp_shards_pyramid_stages(tmp_path, overrides):
     """FSDP finds the blocks of every Swin / PVT stage; the gathered checkpoint loads into a plain model."""
