@@ -12,17 +12,20 @@ from emae.masks.uniform import cell_tokens
 grids = st.tuples(st.integers(1, 12), st.integers(1, 12))
 
 
+@pytest.mark.parametrize("fn", [random_mask, block_mask], ids=["random", "block"])
 @settings(max_examples=60, deadline=None)
 @given(batch=st.integers(1, 5), grid=grids, ratio=st.floats(0.05, 0.95), seed=st.integers(0, 2**31))
-def test_random_mask_invariants(batch, grid, ratio, seed):
+def test_random_and_block_mask_invariants(fn, batch, grid, ratio, seed):
     length = grid[0] * grid[1]
     num_keep = int(length * (1 - ratio))
     if num_keep < 1:
-        with pytest.raises(ConfigError):
-            random_mask(batch, grid, ratio, generator=torch.Generator().manual_seed(seed))
+        with pytest.raises(ConfigError, match="keeps no patch"):
+            fn(batch, grid, ratio, generator=torch.Generator().manual_seed(seed))
         return
-    m = random_mask(batch, grid, ratio, generator=torch.Generator().manual_seed(seed))
+    m = fn(batch, grid, ratio, generator=torch.Generator().manual_seed(seed))
     assert_valid(m, batch, length, num_keep)
+    again = fn(batch, grid, ratio, generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(m.mask, again.mask)  # the generator reproduces it
 
 
 def assert_valid(m, batch: int, length: int, num_keep: int) -> None:
@@ -66,21 +69,6 @@ def test_wrong_noise_shape_and_unknown_strategy():
 
 
 # ---------------------------------------------------------------- block-wise and grid masks (MAE Table 1f)
-
-
-@settings(max_examples=60, deadline=None)
-@given(batch=st.integers(1, 4), grid=grids, ratio=st.floats(0.05, 0.95), seed=st.integers(0, 2**31))
-def test_block_mask_invariants(batch, grid, ratio, seed):
-    length = grid[0] * grid[1]
-    num_keep = int(length * (1 - ratio))
-    if num_keep < 1:
-        with pytest.raises(ConfigError, match="keeps no patch"):
-            block_mask(batch, grid, ratio, generator=torch.Generator().manual_seed(seed))
-        return
-    m = block_mask(batch, grid, ratio, generator=torch.Generator().manual_seed(seed))
-    assert_valid(m, batch, length, num_keep)
-    again = block_mask(batch, grid, ratio, generator=torch.Generator().manual_seed(seed))
-    assert torch.equal(m.mask, again.mask)  # the generator reproduces it
 
 
 def components(removed: torch.Tensor) -> int:
