@@ -34,7 +34,8 @@ class ModelConfig:
     depth: int | None = None  # ... depth (ViT) ...
     num_heads: int | None = None  # ... and heads (pyramids: stage 1's; later stages scale)
     depths: list[int] | None = None  # pyramids: blocks per stage (4 values), overrides the named size
-    window_size: int = 8  # Swin: window on the pre-training grid (UM-MAE: 8 on the compact grid; 16 when fine-tuning)
+    window_size: int = 8  # Swin: window on the pre-training grid (UM-MAE: 8 on the compact grid, x2 for fine-tuning;
+    # SimMIM: 16 on the full grid, the same image area)
     sr_ratios: list[int] | None = None  # PVT: spatial reduction per stage; null: [4,2,1,1] for umae, [8,4,2,1] simmim
     img_size: int | list[int] = 32  # side, or [height, width]
     patch_size: int = 4
