@@ -38,10 +38,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--feature-cache", metavar="DIR", help="keep the frozen features here (shared with knn)")
     g = p.add_argument_group("logreg protocol")
     g.add_argument("--C", dest="c_grid", type=float, nargs="+", metavar="C",
-                   help="inverse L2 strengths to choose from on the held-out split (1e-4 ... 10); one value: no choice")
+                   help="inverse L2 strengths to choose from on the held-out split (1e-4 ... 100); one value: no choice")
     g.add_argument("--holdout", type=float, default=0.1, help="share of the training set held out to choose C (0.1)")
     g.add_argument("--tol", type=float, default=1e-6, help="L-BFGS stops when the largest gradient entry is below (1e-6)")
-    g.add_argument("--max-iter", type=int, default=5000, help="L-BFGS iterations before a fit counts as unconverged (5000)")
+    g.add_argument("--max-iter", type=int, default=10000, help="L-BFGS iterations before a fit counts as unconverged (10000)")
     g = p.add_argument_group("mae protocol (MAE's linear probe)")
     g.add_argument("--epochs", type=int, help="(90)")
     g.add_argument("--warmup-epochs", type=float, help="linear warmup, then cosine (10)")

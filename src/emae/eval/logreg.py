@@ -20,7 +20,7 @@ from sklearn.model_selection import train_test_split
 
 from ..errors import DataError
 
-C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 
 
 @dataclass
@@ -28,7 +28,7 @@ class LogRegOptions:
     c_grid: tuple[float, ...] = C_GRID  # candidate inverse L2 strengths, tried on the held-out split
     holdout: float = 0.1  # share of the training set held out to choose C
     tol: float = 1e-6  # stop when the largest entry of the (mean-loss) gradient is below this
-    max_iter: int = 5000  # L-BFGS iterations; a fit that needs more is reported as not converged
+    max_iter: int = 10000  # L-BFGS iterations; a fit that needs more is reported as not converged
     seed: int = 0  # the held-out split
 
     def to_dict(self) -> dict:
