@@ -19,3 +19,11 @@ class CheckpointError(EmaeError):
 
 class TrainingError(EmaeError):
     """Training cannot go on (e.g. too many consecutive non-finite steps); names the step and the last good checkpoint."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A file that only a full unpickle can read (which can run code from it); it loads with ``--trust-checkpoint``."""
+
+
+class OutputError(EmaeError):
+    """Output that cannot be written: a full disk, a read-only or forbidden folder; names the file."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..engine.atomic import OUTPUT_ERRNOS
 from ..errors import EmaeError
 from . import consistency, export, finetune, knn, linprobe, plot, pretrain, visualize
 
@@ -24,9 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def error_line(exc: BaseException) -> str:
-    """The last non-empty line: exceptions re-raised from DataLoader workers carry a traceback in their text."""
+    """The last non-empty line: exceptions re-raised from DataLoader workers carry a traceback in their text, whose
+    last line repeats the class name (``emae.errors.DataError: ...``)."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return lines[-1] if lines else type(exc).__name__
+    line = lines[-1] if lines else type(exc).__name__
+    prefix = f"{type(exc).__module__}.{type(exc).__name__}: "
+    return line[len(prefix):] if len(lines) > 1 and line.startswith(prefix) else line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args) or 0
     except EmaeError as e:
         print(f"emae: error: {error_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk or a forbidden file that no emae code path turned into a line of its own
+        if e.errno not in OUTPUT_ERRNOS:
+            raise
+        print(f"emae: error: {e.filename}: {e.strerror}" if e.filename else f"emae: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("emae: interrupted", file=sys.stderr)

@@ -6,6 +6,9 @@ import json
 import time
 from pathlib import Path
 
+from ..errors import OutputError
+from .atomic import reason
+
 
 class JsonlLog:
     def __init__(self, path: str | Path) -> None:
@@ -14,8 +17,11 @@ class JsonlLog:
 
     def write(self, **record) -> None:
         record = {"time": round(time.time(), 3), **record}
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:  # a full disk: one line, not a traceback
+            raise OutputError(f"{reason(e)} while writing {self.path}") from None
 
 
 def read_log(path: str | Path) -> list[dict]:
