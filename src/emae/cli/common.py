@@ -11,10 +11,17 @@ from ..interop.load import Loaded, random_checkpoint, read_checkpoint
 
 CHECKPOINT_HELP = ("emae checkpoint, official MAE .pth (encoder-only or full), timm ViT state dict (.pth / "
                    ".safetensors), Hugging Face ViTMAE folder, or 'random' (a fresh encoder, see --arch)")
+TRUST_HELP = ("unpickle checkpoint files in full, which can run code stored in them: only for files from a source you "
+              "trust (default: weights only, refusing anything but tensors and plain values)")
+
+
+def add_trust_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
 
 
 def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help=CHECKPOINT_HELP)
+    add_trust_arg(p)
     g = p.add_argument_group("model (for 'random', or where the checkpoint leaves it open)")
     g.add_argument("--arch", default="vit_tiny", help="random: named size vit_tiny|small|base|large|huge (vit_tiny)")
     g.add_argument("--embed-dim", type=int, help="random: width (overrides --arch)")
@@ -36,7 +43,8 @@ def load_source(args: argparse.Namespace) -> Loaded:
             cfg.data.mean, cfg.data.std = [0.5] * m.in_chans, [0.5] * m.in_chans
         validate(cfg)
         return random_checkpoint(m, getattr(args, "seed", 0))
-    return read_checkpoint(args.checkpoint, num_heads=args.num_heads, img_size=args.model_img_size)
+    return read_checkpoint(args.checkpoint, num_heads=args.num_heads, img_size=args.model_img_size,
+                           trust=args.trust_checkpoint)
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:

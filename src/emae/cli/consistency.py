@@ -11,6 +11,7 @@ import torch
 from ..data import ImageFiles, eval_transform
 from ..eval.consistency import check_rounds, measure_consistency
 from ..interop.load import build_mae, read_checkpoint
+from .common import add_trust_arg
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,12 +24,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0, help="seed of the random masks (0)")
     p.add_argument("--output", help="JSON file for the figures (fields: see the README's EMAE section)")
+    add_trust_arg(p)
     p.set_defaults(run=run)
 
 
-def load_model(path: str) -> tuple[torch.nn.Module, object]:
+def load_model(path: str, trust: bool = False) -> tuple[torch.nn.Module, object]:
     """Any full (with decoder) checkpoint that emae reads: emae, official MAE, Hugging Face."""
-    loaded = read_checkpoint(path)
+    loaded = read_checkpoint(path, trust=trust)
     return build_mae(loaded), loaded.config
 
 
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     positive("--batch-size", args.batch_size)
     if args.ratio is not None and not 0 < args.ratio < 1:
         raise ConfigError(f"--ratio: {args.ratio} is outside (0, 1)")
-    model, cfg = load_model(args.checkpoint)
+    model, cfg = load_model(args.checkpoint, args.trust_checkpoint)
     ratio = args.ratio if args.ratio is not None else cfg.mask.ratio
     stats = measure_consistency(model, image_batches(args.data, cfg, args.images, args.batch_size), args.rounds,
                                 ratio, args.seed)

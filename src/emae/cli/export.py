@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import CHECKPOINT_HELP
+from .common import CHECKPOINT_HELP, add_trust_arg
 
 EPILOG = """targets:
   timm         OUTPUT.pth (or .safetensors): timm names; OUTPUT.json names the timm.create_model call.
@@ -29,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--decoder", action="store_true", help="safetensors: include the decoder")
     p.add_argument("--num-heads", type=int, help="encoder heads, where a plain state dict leaves them open")
     p.add_argument("--decoder-num-heads", type=int, help="decoder heads (default: decoder width / 32)")
+    add_trust_arg(p)
     p.set_defaults(run=run)
 
 
@@ -36,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from ..interop.export import export
     from ..interop.load import read_checkpoint
 
-    loaded = read_checkpoint(args.checkpoint, num_heads=args.num_heads, decoder_num_heads=args.decoder_num_heads)
+    loaded = read_checkpoint(args.checkpoint, num_heads=args.num_heads, decoder_num_heads=args.decoder_num_heads,
+                             trust=args.trust_checkpoint)
     out = export(loaded, args.to, args.output, args.decoder)
     print(f"export: {loaded.source} checkpoint {args.checkpoint} -> {args.to} {out}")
     return 0

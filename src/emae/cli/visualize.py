@@ -6,6 +6,8 @@ import argparse
 
 import torch
 
+from .common import add_trust_arg
+
 EPILOG = """--stats (models trained with norm_pix_loss predict normalised patches; how to un-normalise for display):
   true     each masked patch's own mean and std: sharp, but leaks the target, so display only
   visible  estimated from nearby visible patches (Gaussian-weighted): uses only what the model could see
@@ -31,6 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-heads", type=int, help="encoder heads, for plain state dicts")
     p.add_argument("--seed", type=int, default=0, help="mask randomness (0)")
     p.add_argument("--scale", type=int, help="enlarge small images (default: to about 128 px)")
+    add_trust_arg(p)
     p.set_defaults(run=run)
 
 
@@ -43,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.num <= 0:
         raise ConfigError(f"--num: {args.num} must be positive")
-    loaded = read_checkpoint(args.checkpoint, num_heads=args.num_heads, decoder_num_heads=args.decoder_num_heads)
+    loaded = read_checkpoint(args.checkpoint, num_heads=args.num_heads, decoder_num_heads=args.decoder_num_heads,
+                             trust=args.trust_checkpoint)
     if args.norm_pix:
         loaded.config.model.norm_pix_loss = args.norm_pix == "true"
     model = build_mae(loaded, args.mask_type, args.mask_ratio)

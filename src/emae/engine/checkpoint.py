@@ -2,7 +2,11 @@
 
 A checkpoint holds ``format``, ``version``, ``method``, ``config`` (the full run config as a dict), ``model``,
 and for training state ``optimizer``, ``scheduler``, ``scaler``, ``rng``, ``epoch``, ``batch_in_epoch``
-(micro-batches of ``epoch`` already done) and ``global_step`` (optimiser steps).
+(micro-batches of ``epoch`` already done), ``global_step`` (optimiser steps) and ``world_size``.
+
+Version 2 stores the numpy RNG state as a tensor, so a checkpoint holds nothing but tensors and plain Python values
+and loads with ``torch.load(weights_only=True)`` (:mod:`emae.engine.safe_load`); version 1 files (a numpy array
+there) still load safely.
 """
 
 from __future__ import annotations
@@ -12,16 +16,17 @@ import re
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from ..errors import CheckpointError
-from .sharded import load_sharded
+from ..errors import CheckpointError, OutputError, UnsafeCheckpointError
+from .atomic import save_atomic
+from .safe_load import torch_load
+from .sharded import load_meta, load_sharded
 
 FORMAT = "emae-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 NAME_RE = re.compile(r"checkpoint-(\d+)\.(?:pt|dcp)$")  # .dcp: a sharded (FSDP) checkpoint folder
 
 
@@ -29,18 +34,24 @@ def checkpoint_name(global_step: int) -> str:
     return f"checkpoint-{global_step:08d}.pt"
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load and check an emae checkpoint; one-line errors for missing, unreadable or foreign files."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", trust: bool = False,
+                    peek: bool = False) -> dict:
+    """Load and check an emae checkpoint; one-line errors for missing, unreadable, unsafe or foreign files.
+    ``trust``: unpickle in full (can run code from the file). ``peek``: cheaply, for its config and position:
+    a file's tensors are memory-mapped, not read; a sharded folder gives its meta data without weights."""
     path = Path(path)
     if not path.is_file() and not path.is_dir():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         if path.is_dir():  # a sharded checkpoint, gathered into this process
-            ckpt = load_sharded(path)
+            ckpt = load_meta(path, trust) if peek else load_sharded(path, trust)
         else:
-            ckpt = torch.load(path, map_location=map_location, weights_only=False)
+            ckpt = torch_load(path, map_location, trust, mmap=peek)
+    except UnsafeCheckpointError:
+        raise
     except Exception as e:  # noqa: BLE001 - truncated or not a torch file
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {first})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an emae checkpoint")
     if ckpt.get("version", 0) > FORMAT_VERSION:
@@ -57,11 +68,11 @@ def list_checkpoints(folder: str | Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def latest_valid_checkpoint(folder: str | Path) -> tuple[Path, dict] | None:
-    """The newest checkpoint that loads; broken ones are skipped with a warning."""
+def latest_valid_checkpoint(folder: str | Path, trust: bool = False) -> tuple[Path, dict] | None:
+    """The newest checkpoint that loads (peeked: see :func:`load_checkpoint`); broken ones are skipped with a warning."""
     for path in list_checkpoints(folder):
         try:
-            return path, load_checkpoint(path)
+            return path, load_checkpoint(path, trust=trust, peek=True)
         except CheckpointError as e:
             warnings.warn(f"skipping {e}", stacklevel=2)
     return None
@@ -82,11 +93,27 @@ def prune_checkpoints(folder: str | Path, keep_last: int) -> None:
             shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
 
 
+def write_checkpoint(state: dict, path: Path) -> None:
+    """``save_atomic``; a failed write (full disk, read-only folder) is one line that says what survived."""
+    try:
+        save_atomic(state, path)
+    except OutputError as e:
+        raise OutputError(f"{e} ({previous_checkpoint_note(path)})") from None
+
+
+def previous_checkpoint_note(path: Path) -> str:
+    older = [p for p in list_checkpoints(path.parent) if p.name != path.name]
+    return f"the previous checkpoint {older[0]} is intact" if older else "no earlier checkpoint was written"
+
+
 def rng_state(mask_generator: torch.Generator | None = None) -> dict:
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        # as a tensor, not a numpy array: the checkpoint stays loadable with weights_only=True
+        "numpy": {"kind": kind, "key": torch.from_numpy(key.astype(np.int64)), "pos": pos, "has_gauss": has_gauss,
+                  "gauss": gauss},
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -98,8 +125,28 @@ def rng_state(mask_generator: torch.Generator | None = None) -> dict:
 def set_rng_state(state: dict, mask_generator: torch.Generator | None = None) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    npy = state["numpy"]
+    if isinstance(npy, dict):  # format 2; format 1 stored numpy's own tuple
+        npy = (npy["kind"], npy["key"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["gauss"])
+    np.random.set_state(npy)
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     if mask_generator is not None and "mask" in state:
         mask_generator.set_state(state["mask"])
+
+
+def state_mismatch(model: torch.nn.Module, ckpt: dict, exc: Exception) -> str:
+    """Why a checkpoint's weights do not fit ``model``: the first few missing, unexpected and mis-shaped keys."""
+    state = ckpt.get("model")
+    if not isinstance(state, dict):
+        return "it holds no model weights"
+    own = model.state_dict()
+    kinds = {
+        "missing": [k for k in own if k not in state],
+        "unexpected": [k for k in state if k not in own],
+        "shape mismatch": [f"{k} {tuple(state[k].shape)} there, {tuple(own[k].shape)} here" for k in own
+                           if k in state and getattr(state[k], "shape", None) != own[k].shape],
+    }
+    parts = [f"{kind}: {', '.join(keys[:3])}" + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+             for kind, keys in kinds.items() if keys]
+    return "; ".join(parts) or f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"

@@ -8,9 +8,9 @@ group order), so every checkpoint resumes with or without FSDP, on any number of
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -18,6 +18,7 @@ from torch import nn
 
 from .atomic import fsync_dir, save_atomic
 from .distributed import DistInfo, barrier
+from .safe_load import check_pickle, torch_load
 
 META = "meta.pt"
 
@@ -109,20 +110,55 @@ def is_sharded(path: Path) -> bool:
     return path.is_dir() and (path / META).is_file() and (path / ".metadata").is_file()
 
 
-def load_sharded(path: Path) -> dict:
-    """A sharded checkpoint gathered into one process: the same dict a full checkpoint holds."""
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+def load_meta(path: Path, trust: bool = False) -> dict:
+    """A sharded checkpoint's ``meta.pt``: everything but the model and optimiser."""
+    return torch_load(path / META, "cpu", trust)
 
-    ckpt = torch.load(path / META, map_location="cpu", weights_only=False)
-    with tempfile.TemporaryDirectory(prefix="emae-gather-") as tmp:
-        dcp_to_torch_save(str(path), f"{tmp}/all.pt")
-        state = torch.load(f"{tmp}/all.pt", map_location="cpu", weights_only=False)
+
+_DCP_METADATA = ("Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata",
+                 "ChunkStorageMetadata", "BytesStorageMetadata", "_MEM_FORMAT_ENCODING")
+
+
+def _dcp_global(module: str, name: str) -> bool:
+    """The types a torch.distributed.checkpoint ``.metadata`` pickle holds (it is read with plain pickle)."""
+    return ((module == "torch.distributed.checkpoint.metadata" and name in _DCP_METADATA)
+            or (module == "torch.distributed.checkpoint.filesystem" and name == "_StorageInfo")
+            or (module == "torch" and (name == "Size" or isinstance(getattr(torch, name, None), torch.dtype)))
+            or (module, name) in {("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"),
+                                  ("pathlib", "WindowsPath"), ("collections", "OrderedDict")})
+
+
+def _gather(path: Path, trust: bool) -> dict:
+    """All shards in this process. torch.distributed.checkpoint unpickles the metadata and non-tensor items in full,
+    so unless trusted they are first proven harmless: the metadata by a restricted unpickler, items weights-only."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict  # as dcp_to_torch_save does
+
+    class SafeItems(_EmptyStateDictLoadPlanner):
+        def load_bytes(self, read_item, value: io.BytesIO) -> None:
+            raw = value.read()
+            if not trust:
+                torch_load(io.BytesIO(raw), "cpu")  # UnsafeCheckpointError before the full unpickle below
+            super().load_bytes(read_item, io.BytesIO(raw))
+
+    if not trust:
+        check_pickle(path / ".metadata", _dcp_global)
+    state: dict = {}
+    _load_state_dict(state, storage_reader=FileSystemReader(str(path)), planner=SafeItems(), no_dist=True)
+    return state
+
+
+def load_sharded(path: Path, trust: bool = False) -> dict:
+    """A sharded checkpoint gathered into one process: the same dict a full checkpoint holds."""
+    ckpt = load_meta(path, trust)
+    state = _gather(path, trust)
     ckpt["model"] = state["model"]
     ckpt["optimizer"] = _by_index(state["optimizer"])
     return ckpt
 
 
-def consolidate(path: str | Path, output: str | Path) -> Path:
+def consolidate(path: str | Path, output: str | Path, trust: bool = False) -> Path:
     """Write a sharded checkpoint folder as one ordinary ``.pt`` checkpoint file."""
-    save_atomic(load_sharded(Path(path)), output)
+    save_atomic(load_sharded(Path(path), trust), output)
     return Path(output)

@@ -13,7 +13,7 @@ from .backbone import build_vit
 from .pyramid import pyramid_classifier
 
 
-def load(path: str | Path, **hints) -> nn.Module:
+def load(path: str | Path, trust: bool = False, **hints) -> nn.Module:
     """A model ready for feature extraction without masking, in eval mode, format recognised by itself.
 
     - a checkpoint with a decoder -> :class:`~emae.models.MaskedAutoencoder` (``.extract_features(imgs, pool)``)
@@ -22,9 +22,10 @@ def load(path: str | Path, **hints) -> nn.Module:
       a fine-tuned Swin / PVT (``best.pt`` of ``emae finetune``) ->
       :class:`~emae.eval.pyramid.PyramidClassifier` (``.forward_features``, ``.forward``), the same outputs
 
-    ``hints``: ``num_heads``, ``decoder_num_heads``, ``img_size`` where they cannot be inferred.
+    ``hints``: ``num_heads``, ``decoder_num_heads``, ``img_size`` where they cannot be inferred. Pickled files
+    load weights-only; ``trust=True`` (only for files from a trusted source) unpickles them in full.
     """
-    loaded = read_checkpoint(path, **hints)
+    loaded = read_checkpoint(path, trust=trust, **hints)
     if loaded.extras and loaded.config.model.arch in PYRAMID_ARCHS:
         return pyramid_classifier(loaded, loaded.num_classes or 0, keep_head=True).eval()
     if loaded.extras:

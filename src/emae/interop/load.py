@@ -20,7 +20,8 @@ from torch import nn
 
 from ..config import Config, DataConfig, ModelConfig, config_from_dict, set_key
 from ..engine.checkpoint import FORMAT, FORMAT_VERSION
-from ..errors import CheckpointError, ConfigError
+from ..engine.safe_load import REFUSED, TRUST_HINT, refused_object, torch_load
+from ..errors import CheckpointError, ConfigError, UnsafeCheckpointError
 from ..models import PYRAMID_ARCHS, VIT_SIZES, MaskedAutoencoder, ViTEncoder, build_model, encoder_dims
 from .official import State, encoder_state, from_official, is_emae_layout, is_official_layout, strip_wrappers
 
@@ -106,15 +107,15 @@ def _config(model: ModelConfig) -> Config:
 # ---------------------------------------------------------------- reading
 
 
-def _torch_load(path: Path) -> object:
+def _torch_load(path: Path, trust: bool) -> object:
+    """Weights only (see :mod:`emae.engine.safe_load`) unless ``trust``: a file from a stranger runs no code."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - official MAE files pickle their argparse Namespace; the user chose this file
-        pass
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch_load(path, "cpu", trust)
+    except UnsafeCheckpointError:
+        raise
     except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"{path} is not {KNOWN} ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+        first = (str(e).strip().splitlines() or [""])[0][:120]
+        raise CheckpointError(f"{path} is not {KNOWN} ({type(e).__name__}: {first})") from None
 
 
 def _is_state_dict(obj: object) -> bool:
@@ -156,7 +157,21 @@ def _read_safetensors(path: Path, hints: dict) -> Loaded:
     return loaded
 
 
-def _read_hf_folder(path: Path) -> Loaded:
+def _from_pretrained(cls, path: Path, trust: bool):
+    """``from_pretrained`` of a local folder: safetensors when present, a ``.bin`` weights-only unless ``trust``,
+    never remote code; a refused or broken file is one line."""
+    try:
+        return cls.from_pretrained(str(path), weights_only=not trust, trust_remote_code=False, local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - transformers' errors carry pages of advice
+        text = str(e)
+        if not trust and "Weights only load failed" in text:
+            what = refused_object(text) or "Python objects"
+            raise UnsafeCheckpointError(f"{path}: its weights file holds {what}, {REFUSED}; {TRUST_HINT}") from None
+        first = (text.strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{path}: Hugging Face cannot load it ({type(e).__name__}: {first})") from None
+
+
+def _read_hf_folder(path: Path, trust: bool) -> Loaded:
     from .huggingface import _transformers, config_from_hf, from_hf, state_dict_from_hf
 
     info = json.loads((path / "config.json").read_text())
@@ -164,10 +179,10 @@ def _read_hf_folder(path: Path) -> Loaded:
         raise CheckpointError(f"{path} is a Hugging Face {info.get('model_type')!r} model; emae reads ViTMAE")
     tf = _transformers()
     if "ViTMAEForPreTraining" in (info.get("architectures") or ["ViTMAEForPreTraining"]):
-        hf = tf.ViTMAEForPreTraining.from_pretrained(str(path))
+        hf = _from_pretrained(tf.ViTMAEForPreTraining, path, trust)
         model = from_hf(hf)
         return Loaded(str(path), "hf", config_from_hf(hf.config), model.state_dict())
-    hf = tf.ViTMAEModel.from_pretrained(str(path))  # encoder only
+    hf = _from_pretrained(tf.ViTMAEModel, path, trust)  # encoder only
     state = state_dict_from_hf({"vit." + k: v for k, v in hf.state_dict().items()})
     cfg = config_from_hf(hf.config)
     return Loaded(str(path), "hf", cfg, state)
@@ -191,17 +206,18 @@ def _read_pyramid_classifier(path: Path, obj: dict) -> Loaded:
 
 
 def read_checkpoint(path: str | Path, num_heads: int | None = None, decoder_num_heads: int | None = None,
-                    img_size: int | list[int] | None = None) -> Loaded:
-    """Any known checkpoint -> :class:`Loaded`. The hints override inferred dimensions (not stored configs)."""
+                    img_size: int | list[int] | None = None, trust: bool = False) -> Loaded:
+    """Any known checkpoint -> :class:`Loaded`. The hints override inferred dimensions (not stored configs).
+    Pickled files load weights-only; ``trust=True`` unpickles in full, which can run code from the file."""
     path = Path(path)
     hints = {"num_heads": num_heads, "decoder_num_heads": decoder_num_heads, "img_size": img_size}
     if path.is_dir():
         if (path / "config.json").is_file():
-            return _read_hf_folder(path)
+            return _read_hf_folder(path, trust)
         from ..engine.sharded import is_sharded, load_sharded
 
         if is_sharded(path):  # a sharded FSDP checkpoint, gathered here
-            obj = load_sharded(path)
+            obj = load_sharded(path, trust)
             return Loaded(str(path), "emae", config_from_dict(obj["config"]), dict(obj["model"]))
         raise CheckpointError(f"{path} is a folder without config.json; expected {KNOWN}")
     if not path.is_file():
@@ -210,7 +226,7 @@ def read_checkpoint(path: str | Path, num_heads: int | None = None, decoder_num_
         head = f.read(16)
     if path.suffix == ".safetensors" or (len(head) > 8 and head[8:10] == b'{"'):
         return _read_safetensors(path, hints)
-    obj = _torch_load(path)
+    obj = _torch_load(path, trust)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         if obj.get("version", 0) > FORMAT_VERSION:
             raise CheckpointError(f"{path} has format version {obj['version']}; this emae reads up to {FORMAT_VERSION}")
@@ -275,10 +291,10 @@ def build_encoder(loaded: Loaded) -> ViTEncoder:
     return enc.eval()
 
 
-def init_from(model: MaskedAutoencoder, path: str | Path) -> dict:
+def init_from(model: MaskedAutoencoder, path: str | Path, trust: bool = False) -> dict:
     """Copy a checkpoint's weights into ``model`` (continue pre-training): every encoder weight, and the decoder's
     when present. The fixed sin-cos position embeddings stay the model's own. Returns a summary for the log."""
-    loaded = read_checkpoint(path)
+    loaded = read_checkpoint(path, trust=trust)
     own = model.state_dict()
     take = {k: v for k, v in loaded.state.items() if not k.endswith("pos_embed")}
     for key, t in take.items():
