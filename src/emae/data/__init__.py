@@ -2,10 +2,10 @@
 
 from .embedded import EmbeddedDigits
 from .folder import IMG_EXTENSIONS, ImageFiles, TransformedImages, scan_images
-from .loader import ResumableSampler, batch_to_device, collate, image_source, pretrain_loader
+from .loader import ResumableSampler, batch_to_device, close_loader, collate, image_source, pretrain_loader
 from .transforms import eval_transform, pretrain_transform
 
 __all__ = [
-    "EmbeddedDigits", "IMG_EXTENSIONS", "ImageFiles", "ResumableSampler", "TransformedImages", "batch_to_device", "collate",
-    "eval_transform", "image_source", "pretrain_loader", "pretrain_transform", "scan_images",
+    "EmbeddedDigits", "IMG_EXTENSIONS", "ImageFiles", "ResumableSampler", "TransformedImages", "batch_to_device",
+    "close_loader", "collate", "eval_transform", "image_source", "pretrain_loader", "pretrain_transform", "scan_images",
 ]

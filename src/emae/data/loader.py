@@ -1,8 +1,13 @@
-"""Data loading for pre-training: a resumable, shardable sampler and a collate that carries skipped paths."""
+"""Data loading for pre-training: a resumable, shardable sampler, a collate that carries skipped paths, and a
+shutdown that never hangs."""
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing.util  # noqa: F401 - its exit handler must be registered before ours, so ours runs first
 import signal
+import time
+import weakref
 
 import torch
 from torch.utils.data import DataLoader, Sampler
@@ -57,6 +62,37 @@ def ignore_stop_signals(worker_id: int = 0) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
+def close_loader(loader: DataLoader, timeout: float = 5.0) -> None:
+    """Stop a loader's worker processes now, on any exit path. They ignore SIGTERM (see
+    :func:`ignore_stop_signals`), so the interpreter's own exit, which terminates daemonic children with SIGTERM and
+    then joins them, would wait for ever. Polite first (torch's shutdown: a stop message, a join with a timeout),
+    then SIGKILL for any worker still alive ``timeout`` seconds later."""
+    it = loader.__dict__.get("_iterator")  # persistent workers: the loader keeps its iterator
+    workers = list(getattr(it, "_workers", []))
+    try:
+        if it is not None:
+            it._shutdown_workers()
+    finally:
+        loader._iterator = None
+        deadline = time.monotonic() + timeout
+        for w in workers:
+            w.join(max(0.0, deadline - time.monotonic()))
+            if w.is_alive():
+                w.kill()
+                w.join(1.0)
+
+
+_OPEN: weakref.WeakSet = weakref.WeakSet()  # loaders with workers that ignore SIGTERM
+
+
+@atexit.register
+def _close_open_loaders() -> None:
+    """The last resort, before multiprocessing's exit handler joins the workers: a loader that the code holding it
+    did not close (an exception kept it alive) is closed here."""
+    for loader in list(_OPEN):
+        close_loader(loader, timeout=2.0)
+
+
 def collate(batch):
     imgs, labels, skipped = zip(*batch)
     return torch.stack(imgs), torch.tensor(labels), [p for s in skipped for p in s]
@@ -78,7 +114,7 @@ def pretrain_loader(cfg: Config, source, rank: int = 0, world_size: int = 1, pin
         tf = pretrain_transform(cfg.model.image_size, d.scale, d.hflip, d.mean, d.std)
         dataset, collate_fn = TransformedImages(source, tf), collate
     sampler = ResumableSampler(len(dataset), cfg.train.batch_size, cfg.train.seed, rank, world_size)
-    return DataLoader(
+    loader = DataLoader(
         dataset,
         batch_size=cfg.train.batch_size,
         sampler=sampler,
@@ -89,6 +125,9 @@ def pretrain_loader(cfg: Config, source, rank: int = 0, world_size: int = 1, pin
         persistent_workers=d.num_workers > 0,
         worker_init_fn=ignore_stop_signals,
     )
+    if d.num_workers > 0:
+        _OPEN.add(loader)
+    return loader
 
 
 def batch_to_device(imgs, cfg: Config, device: torch.device) -> tuple[torch.Tensor, list[str]]:
