@@ -96,6 +96,7 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 uses a loss scaler)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = None  # CPU threads for torch (set_num_threads); null: torch's default. Changes float rounding
     seed: int = 0
     save_every: int = 1  # write a checkpoint every N epochs (and always at the end)
     keep_last: int = 0  # keep only the newest N checkpoints; 0 keeps all
@@ -422,6 +423,7 @@ def validate(cfg: Config) -> None:
     _require(t.precision in PRECISIONS, "train.precision", t.precision, f"choose one of {list(PRECISIONS)}")
     _require(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), "train.device", t.device,
              "use auto, cpu, cuda or cuda:N")
+    _require(t.threads is None or t.threads > 0, "train.threads", t.threads, "must be positive or null")
     _require(t.keep_last >= 0, "train.keep_last", t.keep_last, "must be >= 0")
     _require(t.max_steps is None or t.max_steps > 0, "train.max_steps", t.max_steps, "must be positive or null")
     _require(t.save_every_steps >= 0, "train.save_every_steps", t.save_every_steps, "must be >= 0")

@@ -13,8 +13,10 @@ from ..config import Config
 from .flops import peak_tflops, train_flops_per_image
 
 
-def configure_backends(device: torch.device, tf32: bool) -> None:
-    """TF32 matmuls and convolutions on CUDA (Ampere and newer); nothing changes on CPU."""
+def configure_backends(device: torch.device, tf32: bool, threads: int | None = None) -> None:
+    """TF32 matmuls and convolutions on CUDA (Ampere and newer); ``threads``: torch's CPU threads (None: as they are)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
