@@ -15,7 +15,7 @@ from emae.data import ImageFiles
 from emae.engine import list_checkpoints, load_checkpoint, pretrain, read_log
 from emae.engine.guard import NonFiniteGuard
 from emae.engine.signals import StopSignals
-from emae.errors import CheckpointError, TrainingError
+from emae.errors import CheckpointError, ConfigError, TrainingError
 
 from helpers import tiny_config, write_images
 
@@ -169,11 +169,18 @@ def test_stop_signals_flag_then_abort_and_restore():
 
 
 def test_resume_from_another_models_checkpoint_is_one_line(folder, tmp_path):
+    """Another architecture is refused by the config check; forced, the weights' mismatch names keys and shapes."""
     common = ("train.max_steps=2", "train.batch_size=8", "train.num_vis=0")
     pretrain(tiny_config(*common, **{"data.path": str(folder), "output_dir": str(tmp_path)}), progress=False)
-    cfg = tiny_config(*common, "model.depth=3", **{"data.path": str(folder), "output_dir": str(tmp_path)})
-    with pytest.raises(CheckpointError, match=r"checkpoint-00000002.pt cannot resume this run \(RuntimeError: "):
+    cfg = tiny_config(*common, "model.depth=3", "model.decoder_embed_dim=16",
+                      **{"data.path": str(folder), "output_dir": str(tmp_path)})
+    with pytest.raises(ConfigError, match=r"^model.depth: the run .* has 2, not 3 \(and 1 more: model.decoder_embed_dim\)"):
         pretrain(cfg, resume="auto", progress=False)
+    with pytest.raises(CheckpointError) as e:
+        pretrain(cfg, resume="auto", progress=False, force_config=True)
+    assert "checkpoint-00000002.pt cannot resume this run (missing: encoder.blocks.2.norm1.weight" in str(e.value)
+    assert "shape mismatch: decoder.mask_token (1, 1, 32) there, (1, 1, 16) here" in str(e.value)
+    assert "\n" not in str(e.value)
 
 
 def test_decompression_bombs_are_skipped(tmp_path, monkeypatch):

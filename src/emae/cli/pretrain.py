@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import math
+from pathlib import Path
 
 from ..config import config_from_dict, load_config
-from ..engine import load_checkpoint, pretrain
+from ..engine import latest_valid_checkpoint, load_checkpoint, pretrain
 from ..engine.distributed import is_main
+from ..errors import ConfigError
+from .common import add_trust_arg
 
 EPILOG = """examples:
   emae pretrain                                     # embedded digits, ViT-Tiny/4, about two minutes on CPU
   emae pretrain --data ../shared/data/cifar10/train --config mae_vit_tiny_p4_cifar10
   emae pretrain --config mae_vit_base_p16_in1k --data /datasets/imagenet/train train.accum_iter=8
   emae pretrain --output runs/a --resume auto       # continue the newest valid checkpoint in runs/a
+  emae pretrain --output runs/a --resume auto train.max_steps=20000   # ... and make it longer
+
+resuming: the run continues with the config saved in its checkpoint; key=value (and --config / --data / --method)
+may change only the run length (longer), save_every*, keep_last, log_every, num_vis, stop_after_steps,
+data.num_workers, train.device, train.threads and the distributed layout. Anything else is an error unless
+--force-config, which lists every changed key.
 """
 
 
@@ -22,7 +32,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML recipe: a path or the name of a shipped recipe in configs/")
     p.add_argument("--data", help="ImageFolder tree or folder of images (default: the embedded digits)")
     p.add_argument("--output", help="run folder (default: runs/<method>-<timestamp>)")
-    p.add_argument("--resume", metavar="PATH|auto", help="continue from a checkpoint, or the newest valid one in --output")
+    p.add_argument("--resume", metavar="PATH|auto", help="continue from a checkpoint, or the newest valid one in "
+                   "--output (none there: start the run), with the config saved in it")
+    p.add_argument("--force-config", action="store_true",
+                   help="resume even though key=value / --config change keys a resumed run keeps (listed loudly)")
     p.add_argument("--overwrite", action="store_true", help="start over in an --output folder that holds a run")
     p.add_argument("--init", metavar="PATH", help="start from these weights (emae, official MAE full or encoder-only "
                    ".pth, timm, safetensors, Hugging Face); fresh optimiser and schedule")
@@ -33,6 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "percentiles, data-wait share, peak memory, TFLOP/s and, on a known GPU, MFU")
     p.add_argument("--benchmark-warmup", type=int, default=5, metavar="W", help="untimed steps before --benchmark's N (5)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (the JSON-lines log is still written)")
+    add_trust_arg(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=5")
     p.set_defaults(run=run)
 
@@ -41,26 +55,45 @@ def run(args: argparse.Namespace) -> int:
     flags = {"data.path": args.data, "output_dir": args.output, "method": args.method}
     if args.method:
         flags["mask.type"] = {"emae": "parallel", "umae": "uniform"}.get(args.method, "random")
-    base = None
-    if args.resume not in (None, "auto") and not args.config:
-        base = load_checkpoint(args.resume)["config"]  # continue the run as it was configured ...
+    if args.benchmark is not None:
+        return benchmark(load_config(args.config, args.overrides, **flags), args)
+    resume = resume_point(args)
+    if resume is not None:  # continue the run as it was configured (a recipe given again must agree with it) ...
+        base = load_checkpoint(resume, trust=args.trust_checkpoint, peek=True)["config"]
         base["train"]["stop_after_steps"] = None  # ... but a stop applies to the invocation that asked for it
-    if base is not None:
+        base["output_dir"] = args.output or str(Path(resume).parent)
+    if resume is not None and not args.config:
         cfg = config_from_dict(base, flags, args.overrides)
     else:
         cfg = load_config(args.config, args.overrides, **flags)
-    if args.benchmark is not None:
-        return benchmark(cfg, args)
-    result = pretrain(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress, init=args.init)
+    result = pretrain(cfg, resume=resume or args.resume, overwrite=args.overwrite, progress=not args.no_progress,
+                      init=args.init, trust=args.trust_checkpoint, force_config=args.force_config)
     if not is_main():  # one line per run, not per process
         return 0
     if result.signal:  # SIGTERM / SIGINT: a clean, resumable stop
         print(f"stopped by {result.signal} at step {result.global_step}; checkpoint {result.checkpoint}; "
               f"continue with: emae pretrain --output {result.output_dir} --resume auto")
         return 0
-    print(f"done: {result.global_step} steps, loss {result.loss:.4f}; checkpoint {result.checkpoint}; "
+    loss = "no loss logged" if math.isnan(result.loss) else f"loss {result.loss:.4f}"
+    if result.already_finished:
+        print(f"already finished: {result.global_step} steps, {loss} (last logged); checkpoint {result.checkpoint}; "
+              f"make it longer with train.max_steps=N or train.epochs=N")
+        return 0
+    print(f"done: {result.global_step} steps, {loss}; checkpoint {result.checkpoint}; "
           f"log {result.output_dir / 'log.jsonl'}; picture {result.output_dir / 'reconstruction.png'}")
     return 0
+
+
+def resume_point(args: argparse.Namespace) -> str | None:
+    """The checkpoint ``--resume`` names: a path, or for "auto" the newest valid one in --output (None: none yet)."""
+    if args.resume is None:
+        return None
+    if args.resume != "auto":
+        return args.resume
+    if not args.output:
+        raise ConfigError("--resume auto needs --output: the run folder to continue")
+    found = latest_valid_checkpoint(args.output, args.trust_checkpoint)
+    return str(found[0]) if found else None
 
 
 def benchmark(cfg, args: argparse.Namespace) -> int:

@@ -7,9 +7,10 @@ a stop and ``--resume`` for the rest give the same parameters bit for bit (on CP
 
 from __future__ import annotations
 
-import shutil
+import math
 import time
 import warnings
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +20,12 @@ import yaml
 from tqdm import tqdm
 
 from ..config import Config
-from ..data import batch_to_device, eval_transform, image_source, pretrain_loader
+from ..data import batch_to_device, close_loader, eval_transform, image_source, pretrain_loader
 from ..errors import CheckpointError, ConfigError, DataError, TrainingError
 from ..masks import sequences_per_image
 from ..models import build_model
 from ..viz import save_reconstruction
-from .atomic import save_atomic
+from .atomic import check_writable, write_text_atomic
 from .checkpoint import (
     FORMAT,
     FORMAT_VERSION,
@@ -36,14 +37,18 @@ from .checkpoint import (
     remove_temporaries,
     rng_state,
     set_rng_state,
+    state_mismatch,
+    write_checkpoint,
 )
 from .device import autocast, resolve_device, seed_everything
 from .distributed import DistInfo, all_reduce_mean, any_rank, barrier, broadcast_object, cleanup, init_distributed
+from .distributed import is_main
 from .distributed import grad_scaler, grad_sync, mask_args, wrap_model
 from .guard import NonFiniteGuard
 from .log import JsonlLog
 from .optim import build_optimizer, build_scheduler, effective_lr
 from .perf import StepTimer, configure_backends, maybe_compile
+from .resume import announce, check_resume_config, truncate_log
 from .sharded import load_optimizer_state, model_state, optimizer_state, plain_model, save_sharded
 from .signals import StopSignals
 
@@ -59,15 +64,19 @@ class RunResult:
     benchmark: dict | None = None  # --benchmark: img/s, step times, data wait, memory, TFLOP/s, MFU
     signal: str | None = None  # "SIGTERM" / "SIGINT" when a signal stopped the run (after a checkpoint)
     bad_steps: int = 0  # steps skipped by the non-finite guard
+    already_finished: bool = False  # resumed a run that had reached its last step: nothing ran
 
 
-def prepare_output_dir(cfg: Config, resume: str | None, overwrite: bool) -> tuple[Path, Path | None, list[Path]]:
-    """The run folder, the checkpoint to resume from (None for a fresh run), and, with ``overwrite``, the old
-    run's files, which the caller deletes only once the new run is ready to write."""
+def prepare_output_dir(cfg: Config, resume: str | None, overwrite: bool, trust: bool = False,
+                       force_config: bool = False, world_size: int = 1) -> tuple[Path, Path | None, list[Path]]:
+    """The run folder (checked writable), the checkpoint to resume from (None for a fresh run; its config is
+    checked against ``cfg``: see :mod:`emae.engine.resume`), and, with ``overwrite``, the old run's files, which
+    the caller deletes only once the new run is ready to write."""
     if resume not in (None, "auto"):
         ckpt = Path(resume)
         out = Path(cfg.output_dir) if cfg.output_dir else ckpt.parent
-        load_checkpoint(ckpt)  # fail early, in one line, on a bad path
+        check_writable(out)
+        _check_resume(cfg, ckpt, load_checkpoint(ckpt, trust=trust, peek=True), world_size, force_config)
         return out, ckpt, []
     if cfg.output_dir is None:
         if resume == "auto":
@@ -75,9 +84,12 @@ def prepare_output_dir(cfg: Config, resume: str | None, overwrite: bool) -> tupl
         out = Path("runs") / f"{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     else:
         out = Path(cfg.output_dir)
+    check_writable(out)
     existing = list_checkpoints(out) + [out / f for f in RUN_FILES if (out / f).exists()]
     if resume == "auto":
-        found = latest_valid_checkpoint(out)
+        found = latest_valid_checkpoint(out, trust)
+        if found:
+            _check_resume(cfg, *found, world_size, force_config)
         return out, (found[0] if found else None), []
     if existing and not overwrite:
         raise ConfigError(f"output folder {out} already holds a run; pass --resume auto to continue it or --overwrite")
@@ -96,6 +108,19 @@ def warmup_notes(t, warmup_steps: float, total_steps: int) -> list[str]:
         notes.append(f"warmup: {warmup_steps:.0f} of {total_steps} steps ({100 * warmup_steps / total_steps:.0f}% of "
                      f"the run, train.warmup_epochs={t.warmup_epochs:g})")
     return notes
+
+
+def _check_resume(cfg: Config, path: Path, ckpt: dict, world_size: int, force: bool) -> None:
+    changes = check_resume_config(cfg, ckpt, path, world_size, force)
+    if is_main():
+        announce(path, ckpt, changes, force)
+
+
+def start_line(cfg: Config, out: Path, images: int, steps_per_epoch: int, total_steps: int, global_batch: int,
+               lr: float, device: torch.device) -> str:
+    """The line a run prints as it starts: what it trains, how long, on what."""
+    return (f"{cfg.method} {cfg.model.arch} on {images} images: {total_steps} steps ({steps_per_epoch} per epoch), "
+            f"global batch {global_batch}, lr {lr:.3g}; {device.type}, {torch.get_num_threads()} threads; run {out}")
 
 
 def vis_batch(cfg: Config, source, device: torch.device) -> torch.Tensor | None:
@@ -130,13 +155,18 @@ class _NoLog:
 
 
 def pretrain(cfg: Config, resume: str | None = None, overwrite: bool = False, progress: bool = True,
-             init: str | None = None, timer: StepTimer | None = None) -> RunResult:
+             init: str | None = None, timer: StepTimer | None = None, trust: bool = False,
+             force_config: bool = False) -> RunResult:
     """Pre-train; under torchrun / srun (or ``train.distributed``) each process runs this with its shard.
-    SIGTERM / SIGINT stop it after the current step with a checkpoint."""
+    SIGTERM / SIGINT stop it after the current step with a checkpoint. ``resume``: a checkpoint, or "auto" (the
+    newest valid one in ``cfg.output_dir``, else a fresh start); ``cfg`` must match its config except where a run
+    may change (:mod:`emae.engine.resume`) unless ``force_config``. ``trust``: unpickle checkpoints in full (can run
+    code from them). Whatever ends the run, its loader workers are shut down before this returns or raises."""
     info = init_distributed(cfg.train, resolve_device(cfg.train.device))
     try:
-        with StopSignals() as signals:
-            result = _pretrain(cfg, info, resume, overwrite, progress, init, timer, signals)
+        with StopSignals() as signals, ExitStack() as closing:
+            result = _pretrain(cfg, info, resume, overwrite, progress, init, timer, signals, closing, trust,
+                               force_config)
     except BaseException:
         cleanup(info)
         raise
@@ -145,14 +175,16 @@ def pretrain(cfg: Config, resume: str | None = None, overwrite: bool = False, pr
 
 
 def _pretrain(cfg: Config, info: DistInfo, resume: str | None, overwrite: bool, progress: bool,
-              init: str | None, timer: StepTimer | None, signals: StopSignals) -> RunResult:
+              init: str | None, timer: StepTimer | None, signals: StopSignals, closing: ExitStack, trust: bool,
+              force_config: bool) -> RunResult:
     t = cfg.train
     main = info.is_main
-    out, resume_path, stale = broadcast_object(prepare_output_dir(cfg, resume, overwrite))  # rank 0's folder
+    out, resume_path, stale = broadcast_object(  # rank 0's folder
+        prepare_output_dir(cfg, resume, overwrite, trust, force_config, info.world_size))
     barrier()  # every rank has checked the folder before rank 0 writes into it
     cfg.output_dir = str(out)
     device = info.device
-    configure_backends(device, t.tf32)
+    configure_backends(device, t.tf32, t.threads)
     if timer is not None:
         timer.device = device
     seed_everything(t.seed)
@@ -160,6 +192,7 @@ def _pretrain(cfg: Config, info: DistInfo, resume: str | None, overwrite: bool, 
     # data
     source = image_source(cfg)
     loader = pretrain_loader(cfg, source, info.rank, info.world_size, pin_memory=device.type == "cuda")
+    closing.callback(close_loader, loader)  # on every way out of here
     sampler = loader.sampler
     steps_per_epoch = sampler.batches_per_epoch // t.accum_iter
     if steps_per_epoch == 0:
@@ -172,18 +205,17 @@ def _pretrain(cfg: Config, info: DistInfo, resume: str | None, overwrite: bool, 
     # model, optimiser, schedule
     model = build_model(cfg).to(device)
     model.set_grad_checkpointing(t.activation_checkpointing)
-    ckpt = load_checkpoint(resume_path, map_location=device) if resume_path is not None else None
+    ckpt = load_checkpoint(resume_path, map_location=device, trust=trust) if resume_path is not None else None
     init_info = {}
     if ckpt is not None:
         try:
             model.load_state_dict(ckpt["model"])
         except (KeyError, RuntimeError) as e:  # weights only, or another model's
-            first = (str(e).strip().splitlines() or [""])[0][:200]
-            raise CheckpointError(f"checkpoint {resume_path} cannot resume this run ({type(e).__name__}: {first})") from None
+            raise CheckpointError(f"checkpoint {resume_path} cannot resume this run ({state_mismatch(model, ckpt, e)})") from None
     elif init is not None:  # --init: weights only (any known format), fresh optimiser
         from ..interop.load import init_from
 
-        init_info = init_from(model, init)
+        init_info = init_from(model, init, trust)
     wrapped = wrap_model(model, info, t.precision)  # DDP wrapper, or FSDP shards ``model`` in place
     forward = maybe_compile(wrapped, t.compile)  # checkpoints keep using ``model``
     per_image = sequences_per_image(cfg.mask.type, cfg.mask.ratio)
@@ -214,18 +246,24 @@ def _pretrain(cfg: Config, info: DistInfo, resume: str | None, overwrite: bool, 
     if main:
         out.mkdir(parents=True, exist_ok=True)
         remove_temporaries(out)  # half-written checkpoints of a killed run
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        write_text_atomic(yaml.safe_dump(cfg.to_dict(), sort_keys=False), out / "config.yaml")
+    own_log = main and resume_path is not None and resume_path.parent.resolve() == out.resolve()
+    last_logged = truncate_log(out / "log.jsonl", global_step) if own_log else None  # no step logged twice
     log = JsonlLog(out / "log.jsonl") if main else _NoLog()
     warmup_steps = t.warmup_epochs * steps_per_epoch
+    global_batch = t.batch_size * t.accum_iter * info.world_size
     if resume_path is None:
-        global_batch = t.batch_size * t.accum_iter * info.world_size
         log.write(type="start", lr=lr, steps_per_epoch=steps_per_epoch, images=len(source), data=str(source.root),
                   params=sum(p.numel() for p in model.parameters() if p.requires_grad), world_size=info.world_size,
                   global_batch=global_batch, sequences_per_step=global_batch * per_image,
                   lr_batch_unit=t.lr_batch_unit, total_steps=total_steps, warmup_steps=warmup_steps,
-                  warmup_fraction=min(1.0, warmup_steps / total_steps), **init_info)
+                  warmup_fraction=min(1.0, warmup_steps / total_steps), threads=torch.get_num_threads(),
+                  device=str(device), **init_info)
     else:
-        log.write(type="resume", checkpoint=str(resume_path), global_step=global_step)
+        log.write(type="resume", checkpoint=str(resume_path), global_step=global_step, threads=torch.get_num_threads(),
+                  device=str(device))
+    if main:
+        print(start_line(cfg, out, len(source), steps_per_epoch, total_steps, global_batch, lr, device), flush=True)
 
     last_good = resume_path if guard.consecutive == 0 else None  # newest checkpoint not inside a bad stretch
 
@@ -236,7 +274,7 @@ def _pretrain(cfg: Config, info: DistInfo, resume: str | None, overwrite: bool, 
             "format": FORMAT, "version": FORMAT_VERSION, "method": cfg.method, "config": cfg.to_dict(),
             "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(mask_gen),
             "epoch": epoch, "batch_in_epoch": batch_in_epoch, "global_step": global_step,
-            "guard": guard.state_dict(),
+            "guard": guard.state_dict(), "world_size": info.world_size,
         }
         if info.mode == "fsdp" and t.fsdp_checkpoint == "sharded":
             path = path.with_suffix(".dcp")
@@ -244,7 +282,7 @@ def _pretrain(cfg: Config, info: DistInfo, resume: str | None, overwrite: bool, 
         else:
             state = {"model": model_state(model, info), "optimizer": optimizer_state(model, opt, info)}
             if main:
-                save_atomic({**meta, **state}, path)
+                write_checkpoint({**meta, **state}, path)
         if main:
             prune_checkpoints(out, t.keep_last)  # only once the new checkpoint is complete
         barrier()  # no rank runs ahead of (or exits before) rank 0's write
@@ -260,7 +298,7 @@ def _pretrain(cfg: Config, info: DistInfo, resume: str | None, overwrite: bool, 
     model.train()
     if timer is not None:
         timer.begin()
-    last_ckpt, last_loss, stopped = None, float("nan"), False
+    last_ckpt, last_loss, stopped = None, (math.nan if last_logged is None else last_logged), False
     while global_step < total_steps and not stopped:
         sampler.set_epoch(epoch, batch_in_epoch)
         skipped: dict[str, None] = {}  # unique unreadable files met this epoch, in order
@@ -340,8 +378,9 @@ def _pretrain(cfg: Config, info: DistInfo, resume: str | None, overwrite: bool, 
         if epoch % t.save_every == 0 or global_step >= total_steps or stopped:
             last_ckpt = save()
     bar.close()
-    if last_ckpt is None:  # resumed a finished run
-        last_ckpt = save()
+    already_finished = last_ckpt is None  # resumed a finished run: nothing ran, nothing new to save
+    if already_finished:
+        last_ckpt = resume_path
     stopped_by = signals.received if global_step < total_steps else None
     if stopped_by:
         log.write(type="signal", signal=stopped_by, step=global_step, checkpoint=str(last_ckpt))
@@ -359,4 +398,4 @@ def _pretrain(cfg: Config, info: DistInfo, resume: str | None, overwrite: bool, 
         log.write(type="benchmark", **report)
     log.write(type="end", global_step=global_step, epoch=epoch, checkpoint=str(last_ckpt), loss=last_loss,
               bad_steps=guard.total)
-    return RunResult(out, last_ckpt, global_step, last_loss, report, stopped_by, guard.total)
+    return RunResult(out, last_ckpt, global_step, last_loss, report, stopped_by, guard.total, already_finished)
