@@ -57,7 +57,9 @@ def test_resume_auto_takes_the_runs_config_and_changes_only_what_may_change(data
     out = str(tmp_path / "run")
     threads = torch.get_num_threads()
     try:
-        # an empty folder: --resume auto starts the run
+        # no checkpoint yet (a run killed before its first): --resume auto starts the run afresh
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "log.jsonl").write_text('{"type": "train", "step": 1, "loss": 9.0}\n')
         assert run("--data", str(data), "--output", out, "--resume", "auto", *TINY, "train.batch_size=4",
                    "train.max_steps=6", "train.stop_after_steps=3", "train.log_every=1", "train.num_vis=0",
                    "data.num_workers=0", "train.threads=2") == 0

@@ -90,7 +90,8 @@ def prepare_output_dir(cfg: Config, resume: str | None, overwrite: bool, trust: 
         found = latest_valid_checkpoint(out, trust)
         if found:
             _check_resume(cfg, *found, world_size, force_config)
-        return out, (found[0] if found else None), []
+        restart = [] if list_checkpoints(out) else existing  # a run killed before its first checkpoint starts over
+        return out, (found[0] if found else None), restart
     if existing and not overwrite:
         raise ConfigError(f"output folder {out} already holds a run; pass --resume auto to continue it or --overwrite")
     return out, None, existing
