@@ -29,7 +29,8 @@ def test_cifar_recipe_run_stopped_by_sigterm_continues_with_the_printed_hint(dat
     SIGTERM, then the command the run prints; the result is bit-identical to an uninterrupted run."""
     recipe = ["--config", "mae_vit_tiny_p4_cifar10", *TINY_ARGS, "train.batch_size=12", "train.max_steps=9",
               "train.log_every=1", "train.num_vis=0"]
-    assert main(["pretrain", "--data", str(data), "--output", str(tmp_path / "straight"), "--no-progress", *recipe]) == 0
+    straight = tmp_path / "straight"
+    assert main(["pretrain", "--data", str(data), "--output", str(straight), "--no-progress", *recipe]) == 0
     out = tmp_path / "run"
     proc = start(data, out, run=recipe, step_sleep=0.4)
     wait_for(proc, lambda: logged_step(out) >= 4)
@@ -42,7 +43,7 @@ def test_cifar_recipe_run_stopped_by_sigterm_continues_with_the_printed_hint(dat
     assert main([*hint.split()[1:], "--no-progress"]) == 0
     stopped = list_checkpoints(out)[1]  # the one SIGTERM wrote, then the final one
     assert f"resuming {stopped}: step {load_checkpoint(stopped)['global_step']}" in capsys.readouterr().out
-    a, b = (load_checkpoint(p / "checkpoint-00000009.pt") for p in (tmp_path / "straight", out))
+    a, b = (load_checkpoint(p / "checkpoint-00000009.pt") for p in (straight, out))
     assert b["config"]["data"]["path"] == str(data) and b["config"]["train"]["batch_size"] == 12
     assert {**a["config"], "output_dir": None} == {**b["config"], "output_dir": None}
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

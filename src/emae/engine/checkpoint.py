@@ -69,7 +69,7 @@ def list_checkpoints(folder: str | Path) -> list[Path]:
 
 
 def latest_valid_checkpoint(folder: str | Path, trust: bool = False) -> tuple[Path, dict] | None:
-    """The newest checkpoint that loads (peeked: see :func:`load_checkpoint`); broken ones are skipped with a warning."""
+    """The newest checkpoint that loads (peeked, see :func:`load_checkpoint`); broken ones are skipped, warned."""
     for path in list_checkpoints(folder):
         try:
             return path, load_checkpoint(path, trust=trust, peek=True)

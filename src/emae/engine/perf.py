@@ -14,7 +14,7 @@ from .flops import peak_tflops, train_flops_per_image
 
 
 def configure_backends(device: torch.device, tf32: bool, threads: int | None = None) -> None:
-    """TF32 matmuls and convolutions on CUDA (Ampere and newer); ``threads``: torch's CPU threads (None: as they are)."""
+    """TF32 matmuls and convolutions on CUDA (Ampere and newer); ``threads``: torch's CPU threads (None: unchanged)."""
     if threads is not None:
         torch.set_num_threads(threads)
     if device.type == "cuda":

@@ -77,4 +77,5 @@ def check_pickle(path: str | Path, allowed: Callable[[str, str], bool]) -> None:
         try:
             _Restricted(f, allowed).load()
         except pickle.UnpicklingError as e:
-            raise UnsafeCheckpointError(f"{path} holds {refused_object(str(e)) or e}, {REFUSED}; {TRUST_HINT}") from None
+            what = refused_object(str(e)) or e
+            raise UnsafeCheckpointError(f"{path} holds {what}, {REFUSED}; {TRUST_HINT}") from None

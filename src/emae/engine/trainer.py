@@ -212,7 +212,8 @@ def _pretrain(cfg: Config, info: DistInfo, resume: str | None, overwrite: bool, 
         try:
             model.load_state_dict(ckpt["model"])
         except (KeyError, RuntimeError) as e:  # weights only, or another model's
-            raise CheckpointError(f"checkpoint {resume_path} cannot resume this run ({state_mismatch(model, ckpt, e)})") from None
+            why = state_mismatch(model, ckpt, e)
+            raise CheckpointError(f"checkpoint {resume_path} cannot resume this run ({why})") from None
     elif init is not None:  # --init: weights only (any known format), fresh optimiser
         from ..interop.load import init_from
 
