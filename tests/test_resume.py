@@ -100,5 +100,13 @@ def test_resume_auto_takes_the_runs_config_and_changes_only_what_may_change(data
         assert "emae: warning: --force-config: 3 changed config keys" in err
         assert "train.lr None -> 0.01" in err and "train.weight_decay 0.05 -> 0.1" in err
         assert train_steps(tmp_path / "run") == list(range(1, 10))
+
+        # a run killed before its first checkpoint starts over with its own config, not the defaults
+        (tmp_path / "early").mkdir()
+        (tmp_path / "early" / "config.yaml").write_text((tmp_path / "run" / "config.yaml").read_text())
+        assert run("--output", str(tmp_path / "early"), "--resume", "auto", "train.max_steps=1") == 0
+        assert f"restarting {tmp_path / 'early'} from step 0" in capsys.readouterr().out
+        again = yaml.safe_load((tmp_path / "early" / "config.yaml").read_text())
+        assert again["data"]["path"] == str(data) and again["train"]["batch_size"] == 4
     finally:
         torch.set_num_threads(threads)

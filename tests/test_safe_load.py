@@ -64,10 +64,14 @@ def test_a_crafted_pickle_runs_no_code(tmp_path, capsys, command):
     refused(capsys.readouterr().err, marker)
 
 
-def test_a_crafted_pickle_in_the_api_a_run_folder_and_a_sharded_checkpoint(tmp_path):
+def test_a_crafted_pickle_in_the_api_a_timm_file_and_a_sharded_checkpoint(tmp_path):
     marker = tmp_path / "marker"
     with pytest.raises(UnsafeCheckpointError) as e:
         emae.load(crafted(tmp_path / "evil.pth", marker))
+    refused(str(e.value), marker)
+    torch.save({"state_dict": {"blocks.0.norm1.weight": Payload(marker)}}, tmp_path / "timm.pth")  # timm's layout
+    with pytest.raises(UnsafeCheckpointError) as e:
+        emae.load(tmp_path / "timm.pth")
     refused(str(e.value), marker)
     folder = tmp_path / "checkpoint-00000004.dcp"  # sharded: torch.distributed.checkpoint pickles its metadata
     state = {"model": {"w": torch.ones(2)},

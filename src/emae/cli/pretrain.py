@@ -6,6 +6,8 @@ import argparse
 import math
 from pathlib import Path
 
+import yaml
+
 from ..config import config_from_dict, load_config
 from ..engine import latest_valid_checkpoint, load_checkpoint, pretrain
 from ..engine.distributed import is_main
@@ -19,8 +21,8 @@ EPILOG = """examples:
   emae pretrain --output runs/a --resume auto       # continue the newest valid checkpoint in runs/a
   emae pretrain --output runs/a --resume auto train.max_steps=20000   # ... and make it longer
 
-resuming: the run continues with the config saved in its checkpoint; key=value (and --config / --data / --method)
-may change only the run length (longer), save_every*, keep_last, log_every, num_vis, stop_after_steps,
+resuming: the run continues with the config saved in its checkpoint (a run killed before its first checkpoint starts
+over with its config.yaml); key=value (and --config / --data / --method) may change only the run length (longer), save_every*, keep_last, log_every, num_vis, stop_after_steps,
 data.num_workers, train.device, train.threads and the distributed layout. Anything else is an error unless
 --force-config, which lists every changed key.
 """
@@ -58,11 +60,10 @@ def run(args: argparse.Namespace) -> int:
     if args.benchmark is not None:
         return benchmark(load_config(args.config, args.overrides, **flags), args)
     resume = resume_point(args)
-    if resume is not None:  # continue the run as it was configured (a recipe given again must agree with it) ...
-        base = load_checkpoint(resume, trust=args.trust_checkpoint, peek=True)["config"]
+    base = saved_config(args, resume)
+    if base is not None and not args.config:  # the run as it was configured (a recipe given again must agree) ...
         base["train"]["stop_after_steps"] = None  # ... but a stop applies to the invocation that asked for it
         base["output_dir"] = args.output or str(Path(resume).parent)
-    if resume is not None and not args.config:
         cfg = config_from_dict(base, flags, args.overrides)
     else:
         cfg = load_config(args.config, args.overrides, **flags)
@@ -94,6 +95,23 @@ def resume_point(args: argparse.Namespace) -> str | None:
         raise ConfigError("--resume auto needs --output: the run folder to continue")
     found = latest_valid_checkpoint(args.output, args.trust_checkpoint)
     return str(found[0]) if found else None
+
+
+def saved_config(args: argparse.Namespace, resume: str | None) -> dict | None:
+    """The config of the run ``--resume`` continues: its checkpoint's, or, for --resume auto in a run killed before
+    its first checkpoint, the run's config.yaml (the run then starts over with it)."""
+    if resume is not None:
+        return load_checkpoint(resume, trust=args.trust_checkpoint, peek=True)["config"]
+    saved = Path(args.output) / "config.yaml" if args.resume == "auto" else None
+    if saved is None or not saved.is_file():
+        return None
+    try:
+        base = yaml.safe_load(saved.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{saved}: cannot be read ({type(e).__name__})") from None
+    if is_main():
+        print(f"restarting {args.output} from step 0 (no checkpoint was written), with the config saved in {saved}")
+    return base
 
 
 def benchmark(cfg, args: argparse.Namespace) -> int:

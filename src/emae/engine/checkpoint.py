@@ -145,7 +145,7 @@ def state_mismatch(model: torch.nn.Module, ckpt: dict, exc: Exception) -> str:
         "missing": [k for k in own if k not in state],
         "unexpected": [k for k in state if k not in own],
         "shape mismatch": [f"{k} {tuple(state[k].shape)} there, {tuple(own[k].shape)} here" for k in own
-                           if k in state and getattr(state[k], "shape", None) != own[k].shape],
+                           if k in state and hasattr(state[k], "shape") and state[k].shape != own[k].shape],
     }
     parts = [f"{kind}: {', '.join(keys[:3])}" + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
              for kind, keys in kinds.items() if keys]
