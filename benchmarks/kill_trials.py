@@ -50,8 +50,11 @@ def equal(a, b) -> bool:
     return a == b
 
 
-def final_state(out: Path) -> dict:
-    ckpt = load_checkpoint(out / f"checkpoint-{STEPS:08d}.pt")
+def final_state(out: Path) -> dict | None:
+    path = out / f"checkpoint-{STEPS:08d}.pt"
+    if not path.is_file():
+        return None
+    ckpt = load_checkpoint(path)
     return {"model": ckpt["model"], "optimizer": ckpt["optimizer"], "step": ckpt["global_step"]}
 
 
@@ -89,7 +92,7 @@ def trial(i: int, rng: random.Random, data: Path, out: Path, extra: list[str], s
     if done.returncode != 0:
         return False, f"{where}; resume failed: {done.stderr.strip().splitlines()[-1:]}"
     resumed = next((ln.split(":")[0].split("/")[-1] for ln in done.stdout.splitlines() if ln.startswith("resuming")),
-                   "nothing (a fresh start)")
+                   "nothing: restarted from step 0 with the run's config.yaml")
     return True, f"{where}; newest checkpoint left {left[0].name if left else 'none'}; resumed {resumed}"
 
 
