@@ -65,10 +65,10 @@ def test_an_error_in_the_main_process(data, tmp_path, fail):
 
 def test_a_second_ctrl_c_aborts_at_once(data, tmp_path):
     out = tmp_path / "run"
-    proc = start(data, out, WORKERS, step_sleep=1.0, group=True)
+    proc = start(data, out, WORKERS, step_sleep=0.6, group=True)
     wait_for(proc, lambda: logged_step(out) >= 1)
-    os.killpg(proc.pid, signal.SIGINT)  # the graceful stop begins after this step's 1 s pause ...
-    time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGINT)  # the graceful stop ends after the next step's 0.6 s pause ...
+    time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGINT)  # ... and a second Ctrl-C aborts it (KeyboardInterrupt, workers running)
     _, err = finish(proc)
     assert proc.returncode == 130 and last_line(err) == "emae: interrupted"

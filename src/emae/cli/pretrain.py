@@ -18,13 +18,14 @@ EPILOG = """examples:
   emae pretrain                                     # embedded digits, ViT-Tiny/4, about two minutes on CPU
   emae pretrain --data ../shared/data/cifar10/train --config mae_vit_tiny_p4_cifar10
   emae pretrain --config mae_vit_base_p16_in1k --data /datasets/imagenet/train train.accum_iter=8
-  emae pretrain --output runs/a --resume auto       # continue the newest valid checkpoint in runs/a
+  emae pretrain --output runs/a --resume auto       # continue runs/a (its newest valid checkpoint)
   emae pretrain --output runs/a --resume auto train.max_steps=20000   # ... and make it longer
 
-resuming: the run continues with the config saved in its checkpoint (a run killed before its first checkpoint starts
-over with its config.yaml); key=value (and --config / --data / --method) may change only the run length (longer), save_every*, keep_last, log_every, num_vis, stop_after_steps,
-data.num_workers, train.device, train.threads and the distributed layout. Anything else is an error unless
---force-config, which lists every changed key.
+resuming: the run continues with the config saved in its checkpoint (a run killed before its first checkpoint
+starts over with its config.yaml). key=value (and --config / --data / --method) may change only the run length
+(longer), save_every*, keep_last, log_every, num_vis, stop_after_steps, data.num_workers, train.device,
+train.threads and the distributed layout. Anything else is an error unless --force-config, which lists every
+changed key.
 """
 
 
