@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from ..engine.atomic import OUTPUT_ERRNOS
@@ -33,8 +34,25 @@ def error_line(exc: BaseException) -> str:
     return line[len(prefix):] if len(lines) > 1 and line.startswith(prefix) else line
 
 
+OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Like ``parse_args``, but ``key=value`` overrides may stand anywhere on the line (``emae pretrain a=1
+    --output X b=2``): argparse takes the first run of them, the ones after an option come back unrecognised and
+    join them, in order. (``parse_intermixed_args`` refuses parsers with sub-commands.)"""
+    args, extra = parser.parse_known_args(argv)
+    late = [a for a in extra if OVERRIDE.match(a)]
+    if late and hasattr(args, "overrides"):
+        args.overrides = [*args.overrides, *late]
+        extra = [a for a in extra if not OVERRIDE.match(a)]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     try:
         return args.run(args) or 0
     except EmaeError as e:
