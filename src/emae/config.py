@@ -71,7 +71,8 @@ class ConsistencyConfig:
 
 @dataclass
 class DataConfig:
-    path: str | None = None  # ImageFolder tree or folder of images; None: the embedded digits
+    path: str | None = None  # ImageFolder tree, folder of images, shard folder or shard URL; None: the embedded digits
+    required: bool = False  # a recipe for real data: a run without data.path stops with one line (no embedded digits)
     scale: list[float] = field(default_factory=lambda: [0.2, 1.0])  # RandomResizedCrop area range
     hflip: bool = True
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))

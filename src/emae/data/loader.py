@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ..config import Config
+from ..errors import DataError
 from .cache import DecodedCache
 from .device_decode import EncodedBatch, EncodedImages, collate_encoded, decode_batch
 from .embedded import EmbeddedDigits
@@ -98,12 +99,15 @@ def collate(batch):
     return torch.stack(imgs), torch.tensor(labels), [p for s in skipped for p in s]
 
 
-def image_source(cfg: Config):
-    """The images named by ``data.path``, or the embedded digits when it is None."""
+def image_source(cfg: Config, progress: bool = True):
+    """The images named by ``data.path``, or the embedded digits when it is None (and the recipe allows it)."""
+    if cfg.data.path is None and cfg.data.required:
+        raise DataError("this recipe trains on real data (data.required=true): give --data DIR (an ImageFolder tree, "
+                        "a folder of images or shards; `emae data cifar10 --output DIR` downloads one)")
     if cfg.data.path is None:
         return EmbeddedDigits(max(cfg.model.image_size), cfg.model.in_chans)
-    files = ImageFiles(cfg.data.path, cfg.model.in_chans, cfg.data.strict)
-    return DecodedCache(files) if cfg.data.cache else files
+    files = ImageFiles(cfg.data.path, cfg.model.in_chans, cfg.data.strict, progress)
+    return DecodedCache(files, progress) if cfg.data.cache else files
 
 
 def pretrain_loader(cfg: Config, source, rank: int = 0, world_size: int = 1, pin_memory: bool = False) -> DataLoader:
