@@ -19,7 +19,10 @@ def plot_run(run_dir: str | Path, output: str | Path | None = None) -> Path:
     log_path = run_dir / "log.jsonl" if run_dir.is_dir() else run_dir
     if not log_path.is_file():
         raise DataError(f"{run_dir} has no log.jsonl; give a pre-training, finetune or linprobe run folder")
-    records = read_log(log_path)
+    partial: list[str] = []
+    records = read_log(log_path, partial)
+    if partial:
+        print(f"note: skipped the incomplete last line of {log_path} (a run killed while writing it)")
     train = [r for r in records if r.get("type") == "train" and "loss" in r]
     epochs = [r for r in records if r.get("type") == "epoch"]
     if not train and not epochs:
