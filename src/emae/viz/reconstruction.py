@@ -13,11 +13,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torchvision.utils import make_grid, save_image
+from PIL import Image, ImageDraw, ImageFont
+from torchvision.utils import make_grid
 
 from ..patches import patchify, unpatchify
 
 STATS = ("true", "visible")
+COLUMNS = ("original", "masked", "reconstruction", "reconstruction + visible")
+SHORT_COLUMNS = ("original", "masked", "recon.", "recon. + visible")
 
 
 def patch_stats(patches: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,5 +93,24 @@ def save_reconstruction(path: str | Path, model, imgs: torch.Tensor, mean: list[
         rows = rows[:, :3]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(make_grid(rows, nrow=4, padding=2, pad_value=1.0), path)
+    labelled_grid(rows).save(path)
     return path
+
+
+def labelled_grid(rows: torch.Tensor, padding: int = 2) -> Image.Image:
+    """The (B*4, 3, H, W) display images as a grid of 4 columns under a header naming each column (shortened
+    where a full name does not fit its width)."""
+    grid = make_grid(rows, nrow=4, padding=padding, pad_value=1.0)
+    body = Image.fromarray(grid.mul(255).add_(0.5).clamp_(0, 255).byte().permute(1, 2, 0).numpy())
+    col = rows.shape[-1] + padding
+    draw = ImageDraw.Draw(body)
+    fits = lambda names, font: all(draw.textlength(n, font=font) <= col - 2 for n in names)  # noqa: E731
+    choices = [(n, ImageFont.load_default(size=s)) for s in (11, 9, 7) for n in (COLUMNS, SHORT_COLUMNS)]
+    names, font = next((c for c in choices if fits(*c)), choices[-1])
+    header = 16
+    out = Image.new("RGB", (body.width, body.height + header), "white")
+    out.paste(body, (0, header))
+    draw = ImageDraw.Draw(out)
+    for i, name in enumerate(names):
+        draw.text((padding + i * col + col / 2, header / 2 + 1), name, fill="black", font=font, anchor="mm")
+    return out
