@@ -17,13 +17,12 @@ import io
 from dataclasses import dataclass
 
 import torch
-from PIL import Image
 from torchvision import transforms as T
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import DataError
-from .folder import load_image
+from .folder import load_image, open_image
 
 JPEG_MODES = {"L", "RGB"}  # colour spaces nvJPEG decodes; CMYK / YCCK go through PIL
 READ_MODES = {1: ImageReadMode.GRAY, 3: ImageReadMode.RGB, 4: ImageReadMode.RGB_ALPHA}
@@ -66,7 +65,7 @@ class EncodedImages:
         """(payload, is JPEG bytes, (height, width)); raises on files PIL cannot open."""
         with open(path, "rb") as f:
             data = f.read()
-        with Image.open(io.BytesIO(data)) as img:  # the header only
+        with open_image(io.BytesIO(data)) as img:  # the header only
             fmt, mode, (w, h) = img.format, img.mode, img.size
         if fmt == "JPEG" and mode in JPEG_MODES and self.channels in (1, 3):
             return torch.frombuffer(bytearray(data), dtype=torch.uint8), True, (h, w)

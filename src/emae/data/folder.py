@@ -10,11 +10,13 @@ from __future__ import annotations
 import math
 import os
 import stat
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 from PIL import Image
+from tqdm import tqdm
 
 from ..errors import DataError
 
@@ -23,20 +25,29 @@ PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 MAX_CONSECUTIVE_FAILURES = 64
 T = TypeVar("T")
 MAX_PIXELS = 4096 * 4096  # larger images are decoded at a reduced size (no real data set is affected)
+PROGRESS_DELAY = 2.0  # seconds before a folder scan or a cache fill shows its progress bar
 
 
-def scan_images(root: str | Path) -> tuple[list[str], list[int] | None, list[str] | None]:
+def progress_bar(progress: bool = True, **kwargs) -> tqdm:
+    """A progress bar on stderr that shows itself only once the work has taken ``PROGRESS_DELAY`` seconds."""
+    return tqdm(disable=not progress, delay=PROGRESS_DELAY, dynamic_ncols=True, **kwargs)
+
+
+def scan_images(root: str | Path, progress: bool = True) -> tuple[list[str], list[int] | None, list[str] | None]:
     """All image files under ``root`` (sorted). Labels come from the first-level folders when every image lies
-    inside one (the ImageFolder layout); otherwise labels and classes are None."""
+    inside one (the ImageFolder layout); otherwise labels and classes are None. A long scan shows a counter."""
     root = Path(root)
     if not root.exists():
         raise DataError(f"data.path: {root} does not exist")
     if not root.is_dir():
         raise DataError(f"data.path: {root} is not a folder")
     paths: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
-        paths += [os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(IMG_EXTENSIONS)]
+    with progress_bar(progress, desc=f"scanning {root}", unit=" images") as bar:
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            dirnames.sort()
+            found = [os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(IMG_EXTENSIONS)]
+            paths += found
+            bar.update(len(found))
     if not paths:
         raise DataError(f"data.path: no image files ({', '.join(IMG_EXTENSIONS)}) found in {root}")
     rel_parts = [Path(p).relative_to(root).parts for p in paths]
@@ -47,17 +58,30 @@ def scan_images(root: str | Path) -> tuple[list[str], list[int] | None, list[str
     return paths, None, None
 
 
+def open_image(fp) -> Image.Image:
+    """``Image.open`` without PIL's ``DecompressionBombWarning``: images over ``MAX_PIXELS`` are decoded at a
+    reduced size anyway, and ones beyond the hard limit raise and are skipped and counted like any bad file."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(fp)
+
+
 def load_image(path: str, mode: str) -> Image.Image:
-    """Decode fully (so truncation shows up here) and convert to ``mode``.
+    """Decode fully (so truncation shows up here) and convert to ``mode``; see :func:`decode_image`. Anything that
+    is not a regular file (a dangling link, a pipe) fails here instead of blocking."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise OSError(f"{path} is not a regular file")
+    return decode_image(path, mode)
+
+
+def decode_image(fp, mode: str) -> Image.Image:
+    """Decode a path or file object fully and convert to ``mode``.
 
     Grayscale, palette, RGBA and CMYK go through PIL's conversion (transparent palettes via RGBA), 16-bit
     grayscale is scaled to 8 bits (v / 256, not clipped). Images over ``MAX_PIXELS`` are decoded at a reduced
     size (JPEG: DCT scaling at 1/2..1/8, others: ``reduce``); beyond PIL's decompression-bomb limit (about 179 M
-    pixels) opening fails and the file is skipped. Anything that is not a regular file (a dangling link, a pipe)
-    fails here instead of blocking."""
-    if not stat.S_ISREG(os.stat(path).st_mode):
-        raise OSError(f"{path} is not a regular file")
-    with Image.open(path) as img:
+    pixels) opening fails and the file is skipped."""
+    with open_image(fp) as img:
         factor = math.ceil(math.sqrt(img.width * img.height / MAX_PIXELS))
         if factor > 1:
             img.draft(None, (img.width // factor, img.height // factor))
@@ -78,9 +102,9 @@ def describe(exc: BaseException) -> str:
 class ImageFiles:
     """Indexable images from disk; ``fetch(i)`` returns (PIL image, label, skipped paths)."""
 
-    def __init__(self, root: str | Path, in_chans: int = 3, strict: bool = False) -> None:
+    def __init__(self, root: str | Path, in_chans: int = 3, strict: bool = False, progress: bool = True) -> None:
         self.root = str(root)
-        self.paths, self.labels, self.classes = scan_images(root)
+        self.paths, self.labels, self.classes = scan_images(root, progress)
         self.mode = PIL_MODES[in_chans]
         self.strict = strict
         self._check_some_readable()
