@@ -65,7 +65,7 @@ def test_official_full_to_emae_to_timm_and_hf_same_features(official, tmp_path):
 
     loaded = read_checkpoint(path)
     export(loaded, "timm", tmp_path / "vit.pth")
-    spec = json.loads((tmp_path / "vit.pth.json").read_text())
+    spec = json.loads((tmp_path / "vit.json").read_text())
     vit = timm.create_model(spec["model_name"], **spec["kwargs"]).eval()
     missing, unexpected = vit.load_state_dict(torch.load(tmp_path / "vit.pth", weights_only=True), strict=False)
     assert sorted(missing) == ["head.bias", "head.weight"] and not unexpected
@@ -183,7 +183,23 @@ def test_export_cli_timm(tmp_path, capsys):
     path = save_emae_checkpoint(tmp_path / "c.pt")
     assert main(["export", str(path), "--to", "timm", "--output", str(tmp_path / "x" / "vit.safetensors")]) == 0
     assert "-> timm" in capsys.readouterr().out
-    spec = json.loads((tmp_path / "x" / "vit.safetensors.json").read_text())
+    spec = json.loads((tmp_path / "x" / "vit.json").read_text())
     vit = timm.create_model(spec["model_name"], pretrained=True, num_classes=5, **spec["kwargs"],
                             pretrained_cfg_overlay={"file": str(tmp_path / "x" / "vit.safetensors")})
     assert vit.head.out_features == 5
+
+
+def test_export_hf_encoder_only_loads_into_vitmaemodel_cleanly(tmp_path, capsys):
+    """A full checkpoint's hf folder loads into ViTMAEModel with the decoder's keys left over ("unexpected");
+    --encoder-only writes exactly the encoder, so nothing is left over."""
+    transformers = pytest.importorskip("transformers")
+    path = save_emae_checkpoint(tmp_path / "c.pt")
+    assert main(["export", str(path), "--to", "hf", "--output", str(tmp_path / "full")]) == 0
+    assert main(["export", str(path), "--to", "hf", "--output", str(tmp_path / "enc"), "--encoder-only"]) == 0
+    _, info = transformers.ViTMAEModel.from_pretrained(tmp_path / "full", output_loading_info=True)
+    assert any(k.startswith("decoder.") for k in info["unexpected_keys"])
+    enc, info = transformers.ViTMAEModel.from_pretrained(tmp_path / "enc", output_loading_info=True)
+    assert not info["unexpected_keys"] and not info["missing_keys"]
+    assert json.loads((tmp_path / "enc" / "config.json").read_text())["architectures"] == ["ViTMAEModel"]
+    assert main(["export", str(path), "--to", "timm", "--output", str(tmp_path / "t.pth"), "--encoder-only"]) == 2
+    assert "--encoder-only is for --to hf" in capsys.readouterr().err

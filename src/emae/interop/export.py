@@ -1,8 +1,8 @@
 """Export an encoder: to a timm ``vit_*`` state dict, to a Hugging Face ViTMAE folder, to safetensors.
 
-- timm: the encoder in timm's names (``.pth``, or ``.safetensors`` by suffix), plus ``<output>.json`` with the
+- timm: the encoder in timm's names (``.pth``, or ``.safetensors`` by suffix), plus ``OUTPUT.json`` (the weights' name with ``.json`` for its suffix) with the
   ``timm.create_model`` name and arguments. It loads into that model with only the classifier head missing.
-- hf: ``ViTMAEForPreTraining`` when the checkpoint has a decoder, else ``ViTMAEModel``, via
+- hf: ``ViTMAEForPreTraining`` when the checkpoint has a decoder (unless ``encoder_only``), else ``ViTMAEModel``, via
   :mod:`emae.interop.huggingface`; ``from_pretrained`` loads it. An image-processor config carries mean / std.
 - safetensors: the encoder in timm's names (``decoder=True`` adds the official ``decoder_*`` keys), with emae's
   model config in the metadata so ``emae.load`` needs no guessing.
@@ -54,21 +54,26 @@ def _save_tensors(sd: State, path: Path, metadata: dict[str, str] | None = None)
 
 def export_timm(loaded: Loaded, output: str | Path) -> Path:
     output = Path(output)
+    if output.suffix == ".json":
+        raise ConfigError(f"--output {output}: the weights need a .pth or .safetensors name (OUTPUT.json is the side file)")
     sd = encoder_state(loaded.state)
     sd.update(loaded.extras)  # a fine-tuned classifier keeps its fc_norm and head
     _save_tensors(sd, output)
     spec = timm_spec(loaded)
     spec["file"] = str(output)
-    output.with_name(output.name + ".json").write_text(json.dumps(spec, indent=2) + "\n")
+    output.with_suffix(".json").write_text(json.dumps(spec, indent=2) + "\n")
     return output
 
 
-def export_hf(loaded: Loaded, output: str | Path) -> Path:
+def export_hf(loaded: Loaded, output: str | Path, encoder_only: bool = False) -> Path:
+    """``encoder_only``: a ``ViTMAEModel`` folder even from a checkpoint with a decoder, so that
+    ``ViTMAEModel.from_pretrained`` finds exactly its weights (no table of unexpected decoder keys)."""
     from .huggingface import _transformers, to_hf
 
     output = Path(output)
     if loaded.has_decoder:
         hf = to_hf(build_mae(loaded))
+        hf = hf.vit if encoder_only else hf
     else:  # encoder only: the converter needs a decoder; ViTMAEModel leaves it out
         stub = build_mae(Loaded(loaded.path, loaded.source, loaded.config, _with_decoder(loaded)))
         hf = to_hf(stub).vit
@@ -100,14 +105,14 @@ def export_safetensors(loaded: Loaded, output: str | Path, decoder: bool = False
     return output
 
 
-def export(loaded: Loaded, to: str, output: str | Path, decoder: bool = False) -> Path:
+def export(loaded: Loaded, to: str, output: str | Path, decoder: bool = False, encoder_only: bool = False) -> Path:
     if not loaded.config.model.arch.startswith("vit"):
         raise ConfigError(f"{loaded.path}: export supports ViT checkpoints; {loaded.config.model.arch} (UM-MAE / SimMIM "
                           f"pyramid) checkpoints are used as they are by `emae finetune`")
     if to == "timm":
         return export_timm(loaded, output)
     if to == "hf":
-        return export_hf(loaded, output)
+        return export_hf(loaded, output, encoder_only)
     if to == "safetensors":
         return export_safetensors(loaded, output, decoder)
     raise ConfigError(f"--to: {to!r} is not one of {list(TARGETS)}")
