@@ -18,7 +18,7 @@ from emae.eval.finetune import FinetuneOptions, classifier, evaluate, optimizer
 from emae.interop.load import random_checkpoint, read_checkpoint
 
 from evalkit import labelled_data, save_emae_checkpoint
-from helpers import tiny_config
+from helpers import tb_scalars, tiny_config
 
 
 def layer_id(name: str, depth: int) -> int:
@@ -87,6 +87,10 @@ def test_cli_finetune_end_to_end(tmp_path, capsys):
     assert [r["epoch"] for r in epochs] == [1, 2] and "ema_val_top1" in epochs[0] and "val_top5" in epochs[0]
     steps = [r for r in records if r["type"] == "train"]
     assert len(steps) == 6 and steps[0]["lr"] < steps[2]["lr"]  # warmup
+    tb = tb_scalars(out / "tb")  # TensorBoard has every number of the log, at its step
+    assert tb["train/loss"] == [(r["step"], pytest.approx(r["loss"])) for r in steps]
+    assert tb["epoch/val_top1"] == [(r["step"], pytest.approx(r["val_top1"])) for r in epochs]
+    assert {"train/lr", "epoch/ema_val_top1", "epoch/train_loss", "end/best_top1"} <= set(tb)
     clf = emae.load(out / "best.pt")  # a classifier: the timm ViT with its head, pooling as trained
     loaded = read_checkpoint(out / "best.pt")
     val = loader(eval_sources(data / "train", data / "val", 3)[1], eval_tf(loaded, EvalOptions()), 4)

@@ -105,12 +105,29 @@ def warn(message: str) -> None:
     print(f"emae: warning: {message}", file=sys.stderr)
 
 
+def add_tracking_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("tracking (log.jsonl is always written)")
+    g.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files in OUTPUT/tb")
+    g.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (pip install 'emae[wandb]'; "
+                   "WANDB_MODE=offline keeps it local)")
+    g.add_argument("--wandb-project", default="emae", help="W&B project (emae)")
+    g.add_argument("--wandb-name", help="W&B run name (default: the output folder's name)")
+
+
+def tracking_options(args: argparse.Namespace) -> dict:
+    if not hasattr(args, "no_tensorboard"):  # commands without a training log (knn)
+        return {}
+    return {"tensorboard": not args.no_tensorboard, "wandb": args.wandb, "wandb_project": args.wandb_project,
+            "wandb_name": args.wandb_name}
+
+
 def eval_options(args: argparse.Namespace, **extra):
     from ..eval.common import EvalOptions
 
     return EvalOptions(batch_size=args.batch_size, workers=args.workers, device=args.device, precision=args.precision,
                        seed=args.seed, img_size=args.img_size, mean=args.mean, std=args.std, crop_pct=args.crop_pct,
-                       max_train=args.max_train, max_val=args.max_val, progress=not args.no_progress, **extra)
+                       max_train=args.max_train, max_val=args.max_val, progress=not args.no_progress,
+                       **tracking_options(args), **extra)
 
 
 def eval_data(args: argparse.Namespace, loaded: Loaded):

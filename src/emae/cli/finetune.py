@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .common import SeededSources, add_checkpoint_args, add_data_args, add_run_args, eval_options, positive
+from .common import (SeededSources, add_checkpoint_args, add_data_args, add_run_args, add_tracking_args,
+                     eval_options, positive)
 
 EPILOG = """defaults are MAE's ViT-B ImageNet recipe; ViT-L uses --base-lr 1e-3 --layer-decay 0.75 --drop-path 0.2
 --epochs 50. Swin / PVT (UM-MAE, SimMIM) default to UM-MAE's --layer-decay 0.85. Writes log.jsonl (per-step loss / lr, per-epoch top-1 / top-5), best.pt and metrics.json.
@@ -42,6 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--new-head", action="store_true", help="replace the checkpoint's classifier head")
     g.add_argument("--log-every", type=int, default=20, help="optimiser steps between log lines (20)")
     add_run_args(p, batch_size=64, seeds=True)
+    add_tracking_args(p)
     p.set_defaults(run=run)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..errors import ConfigError
-from .common import SeededSources, add_checkpoint_args, add_data_args, add_run_args, eval_options, positive
+from .common import (SeededSources, add_checkpoint_args, add_data_args, add_run_args, add_tracking_args,
+                     eval_options, positive)
 
 EPILOG = """protocols:
   logreg    (default) features of the un-augmented images are extracted once; a multinomial logistic regression
@@ -51,6 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--weight-decay", type=float, help="LARS weight decay (0)")
     g.add_argument("--log-every", type=int, help="optimiser steps between log lines (50)")
     add_run_args(p, batch_size=256, seeds=True)
+    add_tracking_args(p)
     p.set_defaults(run=run)
 
 

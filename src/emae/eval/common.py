@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -12,13 +13,14 @@ from timm.scheduler import CosineLRScheduler
 
 from ..data import eval_transform
 from ..engine.device import resolve_device
+from ..engine.tracking import RunLog
 from ..errors import ConfigError, DataError
 from ..interop.load import Loaded
 from .backbone import frozen_encoder, resolve_pool
 from .data import loader
 from .features import cache_key, cached, checkpoint_identity, extract_features
 
-RUN_FILES = ("metrics.json", "log.jsonl", "best.pt", "head.pt")
+RUN_FILES = ("metrics.json", "log.jsonl", "best.pt", "head.pt", "wandb-id.txt", "tb")  # tb: TensorBoard events
 
 
 @dataclass
@@ -37,6 +39,10 @@ class EvalOptions:
     pool: str | None = None  # frozen features: cls | avg; None: cls for a ViT, avg for a pyramid (its only one)
     feature_cache: str | None = None  # folder to keep frozen features in (knn and linprobe share them)
     progress: bool = True
+    tensorboard: bool = True  # event files in RUN/tb (finetune, linprobe)
+    wandb: bool = False  # also log to Weights & Biases (pip install 'emae[wandb]')
+    wandb_project: str = "emae"
+    wandb_name: str | None = None  # default: the run folder's name
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,9 +57,15 @@ def prepare_run_dir(output: str | None, command: str, overwrite: bool = False) -
         raise ConfigError(f"output folder {out} already holds results ({existing[0].relative_to(out)}); "
                           "pass --overwrite")
     for path in existing:
-        path.unlink()
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def run_log(out: Path, opts: EvalOptions, config: dict) -> RunLog:
+    """``out/log.jsonl`` plus TensorBoard / W&B as the options ask."""
+    return RunLog(out, tensorboard=opts.tensorboard, wandb=opts.wandb, wandb_project=opts.wandb_project,
+                  wandb_name=opts.wandb_name, config=config)
 
 
 def check_full_batch(train_images: int, batch_size: int) -> None:

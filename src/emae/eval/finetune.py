@@ -25,14 +25,13 @@ from tqdm import tqdm
 
 from ..data.compat import patch_timm_posterize
 from ..engine.atomic import save_atomic
-from ..engine.log import JsonlLog
 from ..engine.device import autocast, resolve_device, seed_everything
 from ..errors import CheckpointError, ConfigError, EmaeError
 from ..interop.load import CLASSIFIER_FORMAT, Loaded
 from .backbone import build_vit
 from .pyramid import PyramidClassifier, is_pyramid, pyramid_classifier
-from .common import (EvalOptions, check_full_batch, eval_tf, image_size, norm_stats, warmup_cosine_scheduler,
-                     write_metrics)
+from .common import (EvalOptions, check_full_batch, eval_tf, image_size, norm_stats, run_log,
+                     warmup_cosine_scheduler, write_metrics)
 from .data import loader
 from .knn import classification_metrics
 
@@ -160,7 +159,7 @@ def finetune(loaded: Loaded, train_src, val_src, out: Path, opts: EvalOptions, f
     ema = ModelEmaV3(model, decay=ft.ema) if ft.ema else None
     scaler = torch.amp.GradScaler(device.type, enabled=opts.precision == "fp16")
 
-    log = JsonlLog(out / "log.jsonl")
+    log = run_log(out, opts, {**opts.to_dict(), **asdict(ft)})
     log.write(type="start", command="finetune", lr=lr, steps_per_epoch=steps_per_epoch, train_images=len(train_src),
               val_images=len(val_src), checkpoint=loaded.path, source=loaded.source, classes=num_classes,
               img_size=list(size))
@@ -225,6 +224,7 @@ def finetune(loaded: Loaded, train_src, val_src, out: Path, opts: EvalOptions, f
     }
     write_metrics(out, metrics)
     log.write(type="end", **{k: metrics[k] for k in ("top1", "top5", "best_top1", "best_epoch")})
+    log.close()
     return metrics
 
 

@@ -25,12 +25,11 @@ from tqdm import tqdm
 
 from ..data import pretrain_transform
 from ..engine.atomic import save_atomic
-from ..engine.log import JsonlLog
 from ..engine.device import autocast, resolve_device, seed_everything
 from ..errors import DataError, EmaeError
 from ..interop.load import Loaded
 from .backbone import FrozenEncoder, frozen_encoder
-from .common import (EvalOptions, frozen_features, image_size, norm_stats, warmup_cosine_scheduler, with_pool,
+from .common import (EvalOptions, run_log, frozen_features, image_size, norm_stats, warmup_cosine_scheduler, with_pool,
                      write_metrics)
 from .data import loader
 from .knn import classification_metrics
@@ -91,7 +90,7 @@ def logreg_probe(loaded: Loaded, train_src, val_src, out: Path, opts: EvalOption
     opts = with_pool(loaded, opts)
     options = options or LogRegOptions(seed=opts.seed)
     start = time.perf_counter()
-    log = JsonlLog(out / "log.jsonl")
+    log = run_log(out, opts, {**opts.to_dict(), **options.to_dict()})
     log.write(type="start", command="linprobe", protocol="logreg", train_images=len(train_src),
               val_images=len(val_src), checkpoint=loaded.path, classes=len(train_src.classes), **options.to_dict())
     feats = frozen_features(loaded, train_src, val_src, opts)
@@ -106,6 +105,7 @@ def logreg_probe(loaded: Loaded, train_src, val_src, out: Path, opts: EvalOption
     }
     write_metrics(out, metrics)
     log.write(type="end", **{k: metrics[k] for k in ("top1", "top5", "C", "iterations", "converged")})
+    log.close()
     return metrics
 
 
@@ -133,7 +133,7 @@ def linear_probe(loaded: Loaded, train_src, val_src, out: Path, opts: EvalOption
     opt = lars(model.head, lr, probe.weight_decay, probe.momentum)
     total = probe.epochs * steps_per_epoch
     sched = warmup_cosine_scheduler(opt, total, round(probe.warmup_epochs * steps_per_epoch), probe.min_lr)
-    log = JsonlLog(out / "log.jsonl")
+    log = run_log(out, opts, {**opts.to_dict(), **asdict(probe)})
     log.write(type="start", command="linprobe", protocol="mae", lr=lr, steps_per_epoch=steps_per_epoch,
               train_images=len(train_src), val_images=len(val_src), checkpoint=loaded.path, classes=num_classes)
 
@@ -179,4 +179,5 @@ def linear_probe(loaded: Loaded, train_src, val_src, out: Path, opts: EvalOption
     }
     write_metrics(out, metrics)
     log.write(type="end", **{k: metrics[k] for k in ("top1", "top5", "best_top1_selected_on_val", "best_epoch")})
+    log.close()
     return metrics
