@@ -81,6 +81,7 @@ class DataConfig:
     cache: bool = False  # decode every image once into memory before training (small images: CIFAR is 150 MB)
     strict: bool = False  # a corrupt or unreadable file stops the run instead of being skipped
     decode: str = "cpu"  # cpu: workers decode and augment | device: workers read bytes, the GPU decodes (nvJPEG)
+    shuffle_buffer: int = 2000  # shards: samples in each stream's shuffle buffer (more mixes better, holds more bytes)
 
 
 @dataclass
@@ -405,6 +406,7 @@ def validate(cfg: Config) -> None:
     _require(len(d.std) == m.in_chans and all(s > 0 for s in d.std), "data.std", d.std,
              f"need one positive value per channel ({m.in_chans})")
     _require(d.num_workers >= 0, "data.num_workers", d.num_workers, "must be >= 0")
+    _require(d.shuffle_buffer > 0, "data.shuffle_buffer", d.shuffle_buffer, "must be a positive integer")
     _require(d.decode in ("cpu", "device"), "data.decode", d.decode, "choose cpu or device")
     if d.decode == "device":
         _require(d.path is not None, "data.decode", d.decode, "device decoding reads image files: give data.path")

@@ -8,7 +8,7 @@ import sys
 
 from ..engine.atomic import OUTPUT_ERRNOS
 from ..errors import EmaeError
-from . import consistency, export, finetune, knn, linprobe, plot, pretrain, visualize
+from . import consistency, data, export, finetune, knn, linprobe, plot, pretrain, shards, visualize
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     visualize.add_parser(sub)
     plot.add_parser(sub)
     export.add_parser(sub)
+    shards.add_parser(sub)
+    data.add_parser(sub)
     return parser
 
 

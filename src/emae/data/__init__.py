@@ -1,11 +1,13 @@
-"""Data: image folders, the embedded default set, transforms, and a resumable loader."""
+"""Data: image folders, shards, the embedded default set, transforms, and a resumable loader."""
 
 from .embedded import EmbeddedDigits
 from .folder import IMG_EXTENSIONS, ImageFiles, TransformedImages, scan_images
+from .shards import ShardSet, is_shards
 from .loader import ResumableSampler, batch_to_device, close_loader, collate, image_source, pretrain_loader
 from .transforms import eval_transform, pretrain_transform
 
 __all__ = [
-    "EmbeddedDigits", "IMG_EXTENSIONS", "ImageFiles", "ResumableSampler", "TransformedImages", "batch_to_device",
-    "close_loader", "collate", "eval_transform", "image_source", "pretrain_loader", "pretrain_transform", "scan_images",
+    "EmbeddedDigits", "IMG_EXTENSIONS", "ImageFiles", "ResumableSampler", "ShardSet", "TransformedImages",
+    "batch_to_device", "close_loader", "collate", "eval_transform", "image_source", "is_shards", "pretrain_loader",
+    "pretrain_transform", "scan_images",
 ]

@@ -99,6 +99,22 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".splitlines()[0]
 
 
+def read_first(index: int, count: int, read: Callable[[int], T], name: Callable[[int], str],
+               strict: bool = False) -> tuple[T, int, list[str]]:
+    """``read(i)`` of the first readable item from ``index`` on (wrapping around): (result, its index, the names of
+    the items skipped before it). ``strict``: the first failure is a :class:`DataError` instead."""
+    skipped: list[str] = []
+    for attempt in range(MAX_CONSECUTIVE_FAILURES):
+        i = (index + attempt) % count
+        try:
+            return read(i), i, skipped
+        except Exception as e:  # noqa: BLE001 - any decoder failure means unreadable
+            if strict:
+                raise DataError(f"unreadable image {name(i)} ({describe(e)})") from None
+            skipped.append(name(i))
+    raise DataError(f"{MAX_CONSECUTIVE_FAILURES} consecutive unreadable images from {name(index)} on")
+
+
 class ImageFiles:
     """Indexable images from disk; ``fetch(i)`` returns (PIL image, label, skipped paths)."""
 
@@ -127,16 +143,7 @@ class ImageFiles:
 
     def read_first(self, index: int, read: Callable[[str], T]) -> tuple[T, int, list[str]]:
         """``read`` of the first readable file from ``index`` on: (result, its index, the paths skipped before it)."""
-        skipped: list[str] = []
-        for attempt in range(MAX_CONSECUTIVE_FAILURES):
-            i = (index + attempt) % len(self.paths)
-            try:
-                return read(self.paths[i]), i, skipped
-            except Exception as e:  # noqa: BLE001 - any decoder failure means unreadable
-                if self.strict:
-                    raise DataError(f"unreadable image {self.paths[i]} ({describe(e)})") from None
-                skipped.append(self.paths[i])
-        raise DataError(f"{MAX_CONSECUTIVE_FAILURES} consecutive unreadable images from {self.paths[index]} on")
+        return read_first(index, len(self.paths), lambda i: read(self.paths[i]), self.paths.__getitem__, self.strict)
 
     def fetch(self, index: int) -> tuple[Image.Image, int, list[str]]:
         img, i, skipped = self.read_first(index, lambda path: load_image(path, self.mode))

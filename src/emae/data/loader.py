@@ -13,11 +13,14 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ..config import Config
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .cache import DecodedCache
 from .device_decode import EncodedBatch, EncodedImages, collate_encoded, decode_batch
 from .embedded import EmbeddedDigits
 from .folder import ImageFiles, TransformedImages
+from .seeds import epoch_seed, sample_seed
+from .shards import ShardSet, is_shards
+from .stream import ShardBatchSampler, ShardStreams, as_is
 from .transforms import pretrain_transform
 
 
@@ -41,7 +44,7 @@ class ResumableSampler(Sampler):
         self.start_batch = start_batch
 
     def _indices(self) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         order = torch.randperm(self.size, generator=g).tolist()
         total = -(-self.size // self.world_size) * self.world_size
         order += order[: total - self.size]
@@ -49,8 +52,7 @@ class ResumableSampler(Sampler):
         return mine[self.start_batch * self.batch_size : self.batches_per_epoch * self.batch_size]
 
     def __iter__(self):
-        base = (self.seed * 1_000_003 + self.epoch) * 10_000_019
-        return iter([(i, (base + i) % (2**63 - 1)) for i in self._indices()])
+        return iter([(i, sample_seed(self.seed, self.epoch, i)) for i in self._indices()])
 
     def __len__(self) -> int:
         return max(0, (self.batches_per_epoch - self.start_batch) * self.batch_size)
@@ -106,12 +108,21 @@ def image_source(cfg: Config, progress: bool = True):
                         "a folder of images or shards; `emae data cifar10 --output DIR` downloads one)")
     if cfg.data.path is None:
         return EmbeddedDigits(max(cfg.model.image_size), cfg.model.in_chans)
+    if is_shards(cfg.data.path):
+        if cfg.data.cache or cfg.data.decode == "device":
+            option = "data.cache=true" if cfg.data.cache else "data.decode=device"
+            raise ConfigError(f"{option} needs an image folder; shards ({cfg.data.path}) stream and decode on the CPU")
+        return ShardSet(cfg.data.path, cfg.model.in_chans, cfg.data.strict)
     files = ImageFiles(cfg.data.path, cfg.model.in_chans, cfg.data.strict, progress)
     return DecodedCache(files, progress) if cfg.data.cache else files
 
 
 def pretrain_loader(cfg: Config, source, rank: int = 0, world_size: int = 1, pin_memory: bool = False) -> DataLoader:
+    """Batches of (images, labels, skipped names) whose ``sampler`` has ``batches_per_epoch`` and
+    ``set_epoch(epoch, start_batch)``: a seeded permutation of an image source, or shard streams."""
     d = cfg.data
+    if isinstance(source, ShardSet):
+        return shard_loader(cfg, source, rank, world_size, pin_memory)
     if d.decode == "device":  # workers read bytes and draw crops; batch_to_device decodes
         dataset, collate_fn = EncodedImages(source, cfg.model.image_size, d.scale, d.hflip), collate_encoded
     else:
@@ -129,6 +140,24 @@ def pretrain_loader(cfg: Config, source, rank: int = 0, world_size: int = 1, pin
         persistent_workers=d.num_workers > 0,
         worker_init_fn=ignore_stop_signals,
     )
+    if d.num_workers > 0:
+        _OPEN.add(loader)
+    return loader
+
+
+def shard_loader(cfg: Config, shards: ShardSet, rank: int = 0, world_size: int = 1,
+                 pin_memory: bool = False) -> DataLoader:
+    d = cfg.data
+    tf = pretrain_transform(cfg.model.image_size, d.scale, d.hflip, d.mean, d.std)
+    dataset = ShardStreams(shards, tf, cfg.train.batch_size, cfg.train.seed, rank, world_size, d.num_workers,
+                           d.shuffle_buffer)
+    if dataset.batches_per_stream == 0:
+        raise DataError(f"data: {len(shards)} images over {world_size} process(es) x {dataset.streams} stream(s) give "
+                        f"no full batch of {cfg.train.batch_size} per stream; lower the batch size or data.num_workers")
+    sampler = ShardBatchSampler(dataset.streams, dataset.batches_per_stream)
+    loader = DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=d.num_workers, collate_fn=as_is,
+                        pin_memory=pin_memory, persistent_workers=d.num_workers > 0,
+                        worker_init_fn=ignore_stop_signals)
     if d.num_workers > 0:
         _OPEN.add(loader)
     return loader

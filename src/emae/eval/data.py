@@ -8,12 +8,14 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from ..data import ImageFiles, TransformedImages, collate
+from ..data import ImageFiles, ShardSet, TransformedImages, collate, is_shards
+from ..data.shards import is_url
 from ..errors import ConfigError, DataError
 
 
 def split_folders(data: str | None = None, train: str | None = None, val: str | None = None) -> tuple[Path, Path]:
-    """``--data DIR`` (with ``train/`` and ``val/`` or ``test/``) or ``--train DIR --val DIR``."""
+    """``--data DIR`` (with ``train/`` and ``val/`` or ``test/``: image folders or shard folders) or ``--train DIR
+    --val DIR`` (also shard URLs)."""
     if data and (train or val):
         raise ConfigError("give either --data or --train and --val, not both")
     if data:
@@ -24,14 +26,14 @@ def split_folders(data: str | None = None, train: str | None = None, val: str | 
         if not (root / "train").is_dir() or val_dir is None:
             raise DataError(f"--data: {root} needs train/ and val/ (or test/) sub-folders; or pass --train and --val")
         return root / "train", val_dir
-    if train and val:
-        return Path(train), Path(val)
+    if train and val:  # URLs of shard folders stay text (a Path would fold their "//")
+        return tuple(p if is_url(p) else Path(p) for p in (train, val))
     raise ConfigError("give --data DIR (with train/ and val/ or test/) or both --train DIR and --val DIR")
 
 
-def labelled_images(root: str | Path, in_chans: int = 3) -> ImageFiles:
-    """An ImageFolder tree; a folder without class sub-folders is an error (evaluation needs labels)."""
-    source = ImageFiles(root, in_chans)
+def labelled_images(root: str | Path, in_chans: int = 3) -> ImageFiles | ShardSet:
+    """An ImageFolder tree, or shards written from one; without classes it is an error (evaluation needs labels)."""
+    source = ShardSet(root, in_chans) if is_shards(root) else ImageFiles(root, in_chans)
     if source.labels is None:
         raise DataError(f"{root} has no class sub-folders; evaluation needs labels, laid out as {root}/<class>/*.jpg")
     return source
