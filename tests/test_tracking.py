@@ -109,10 +109,14 @@ def test_linprobe_writes_event_files(tmp_path):
     ckpt = save_emae_checkpoint(tmp_path / "c.pt")
     data = labelled_data(tmp_path / "d")
     out = tmp_path / "lin"
-    argv = ["linprobe", str(ckpt), "--data", str(data), "--output", str(out), "--fast", "--epochs", "2",
+    argv = ["linprobe", str(ckpt), "--data", str(data), "--output", str(out), "--protocol", "mae", "--epochs", "2",
             "--batch-size", "4", "--log-every", "1", "--no-progress"]
     assert main(argv) == 0
     epochs = [r for r in read_log(out / "log.jsonl") if r["type"] == "epoch"]
     assert tb_scalars(out / "tb")["epoch/val_top1"] == [(r["step"], pytest.approx(r["val_top1"])) for r in epochs]
-    assert main([*argv, "--overwrite", "--no-tensorboard"]) == 0
+    argv = ["linprobe", str(ckpt), "--data", str(data), "--output", str(out), "--no-progress", "--overwrite", "--C", "1"]
+    assert main([*argv, "--no-tensorboard"]) == 0  # logreg protocol
     assert not (out / "tb").exists()  # --overwrite removed the old run's events too
+    assert main(argv) == 0
+    top1 = json.loads((out / "metrics.json").read_text())["top1"]
+    assert [v for _, v in tb_scalars(out / "tb")["end/top1"]] == [pytest.approx(top1)]
