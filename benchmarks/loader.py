@@ -4,10 +4,11 @@ In one run: the pre-training loader on its own (JPEG decode + RandomResizedCrop 
 recipe's worker count), with and without the decoded-image cache (``data.cache=true``), and the training
 step on its own (synthetic batch of the same shape, forward + backward + fused AdamW); then ``data.decode=device``:
 the workers alone (reading bytes, drawing crops) and with the batch decoded in this process on the GPU (or the
-host without one). Prints img/s and the ratio loader / step; the goal is >= 3.
+host without one); then the same images as WebDataset shards (``emae shards write``), streamed. Prints img/s and
+the ratio loader / step; the goal is >= 3.
 
     python benchmarks/loader.py [--data ../shared/data/cifar10/train] [--config mae_vit_tiny_p4_cifar10]
-                                [--workers 2] [--batches 40] [--steps 6] [key=value ...]
+                                [--workers 2] [--batches 40] [--steps 6] [--shards DIR] [key=value ...]
 
 On a machine with as many cores as this one (2), the loader's workers and the training step share the cores
 in a real run; both are measured alone here, which is the standard loader benchmark. ``emae pretrain
@@ -19,13 +20,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from emae.config import load_config
-from emae.data import batch_to_device, image_source, pretrain_loader
+from emae.data import batch_to_device, image_source, is_shards, pretrain_loader
+from emae.data.shard_writer import write_shards
 from emae.engine.optim import build_optimizer, effective_lr
 from emae.models import build_model
 
@@ -82,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, help="loader processes (default: the recipe's data.num_workers)")
     ap.add_argument("--batches", type=int, default=40, help="timed loader batches per setting")
     ap.add_argument("--steps", type=int, default=6, help="timed training steps")
+    ap.add_argument("--shards", help="shards of --data (written there first when missing; default: a temporary folder)")
     ap.add_argument("override", nargs="*")
     args = ap.parse_args(argv)
     overrides = list(args.override) + ([f"data.num_workers={args.workers}"] if args.workers is not None else [])
@@ -106,8 +110,20 @@ def main(argv: list[str] | None = None) -> None:
     ready, _ = loader_rate(cfg, args.batches, device)
     print(f"{'+ decode on ' + device.type + ':':26} {ready:9.1f} img/s  ratio loader / step {ready / step:5.2f}"
           f"{' (decoding in the training process, on the host)' if device.type == 'cpu' else ''}", flush=True)
+    cfg.data.decode = "cpu"
+    with tempfile.TemporaryDirectory(prefix="emae-shards-") as tmp:
+        shards = Path(args.shards or tmp)
+        if not is_shards(shards):
+            t0 = time.perf_counter()
+            r = write_shards(args.data, shards, progress=False)
+            print(f"{'(shards written:':26} {r.images} images, {r.shards} shards, {r.bytes / 1e6:.0f} MB in "
+                  f"{time.perf_counter() - t0:.0f} s)", flush=True)
+        cfg.data.path = str(shards)
+        streamed, _ = loader_rate(cfg, args.batches)
+    print(f"{'loader, shards:':26} {streamed:9.1f} img/s  ratio loader / step {streamed / step:5.2f}"
+          f"  ({streamed / results[False]:.2f}x the folder loader)", flush=True)
     print(f"\nratio loader/step {results[False] / step:.2f} (cache {results[True] / step:.2f}, "
-          f"device decode on {device.type} {ready / step:.2f})")
+          f"device decode on {device.type} {ready / step:.2f}, shards {streamed / step:.2f})")
 
 
 if __name__ == "__main__":
