@@ -114,6 +114,10 @@ class TrainConfig:
     dist_backend: str = "auto"  # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
     fsdp_checkpoint: str = "full"  # full: one file gathered on rank 0 | sharded: a folder of per-rank shards
     activation_checkpointing: bool = False  # recompute each Transformer block in backward: less memory, ~30% slower
+    tensorboard: bool = True  # TensorBoard event files in RUN/tb: every scalar of log.jsonl, the reconstruction grid
+    wandb: bool = False  # also log to Weights & Biases (pip install 'emae[wandb]'; WANDB_MODE=offline keeps it local)
+    wandb_project: str = "emae"
+    wandb_name: str | None = None  # W&B run name; None: the run folder's name
 
 
 @dataclass
