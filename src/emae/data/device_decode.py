@@ -77,7 +77,7 @@ class EncodedImages:
         (payload, is_jpeg, (h, w)), i, skipped = self.source.read_first(index, self._read)
         path = self.source.paths[i]
         with torch.random.fork_rng(devices=[]):  # the same draws, in the same order, as the CPU transform
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed also queues CUDA seeds (slow)
             box = self.crop.get_params(torch.empty(1, 1, 1).expand(1, h, w), self.crop.scale, self.crop.ratio)
             flip = self.hflip and bool(torch.rand(1) < 0.5)
         label = self.source.labels[i] if self.source.labels else -1

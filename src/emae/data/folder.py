@@ -170,5 +170,5 @@ class TransformedImages:
         if seed is None:
             return self.transform(img), label, skipped
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed also queues CUDA seeds (slow)
             return self.transform(img), label, skipped

@@ -159,7 +159,7 @@ class ShardStreams(Dataset):
                 bad.append(self.shards.name(gid))
                 continue
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(sample_seed(self.seed, epoch, gid))
+                torch.default_generator.manual_seed(sample_seed(self.seed, epoch, gid))
                 imgs[slot] = self.transform(img)
             labels[slot] = self.shards.label(gid)
         good = {i for i in range(n) if imgs[i] is not None}
