@@ -45,6 +45,13 @@ def prepare_output(output: Path, splits: tuple[str, ...], overwrite: bool) -> No
     output.mkdir(parents=True, exist_ok=True)
 
 
+def open_archive(archive: str | Path) -> tarfile.TarFile:
+    try:
+        return tarfile.open(archive, "r:*")
+    except (OSError, tarfile.TarError) as e:
+        raise DataError(f"--archive {archive}: not a readable tar archive ({describe(e)})") from None
+
+
 def _members(tar: tarfile.TarFile, suffix: str) -> dict[str, tarfile.TarInfo]:
     return {m.name.rsplit("/", 1)[-1]: m for m in tar.getmembers() if m.isfile() and m.name.endswith(suffix)}
 
@@ -60,11 +67,7 @@ def convert_cifar10(archive: str | Path, output: str | Path, fmt: str = "png", o
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: choose one of {list(FORMATS)}")
     output = Path(output)
-    try:
-        tar = tarfile.open(archive, "r:*")
-    except (OSError, tarfile.TarError) as e:
-        raise DataError(f"--archive {archive}: not a readable tar archive ({describe(e)})") from None
-    with tar:
+    with open_archive(archive) as tar:
         files = _members(tar, "")
         needed = ["batches.meta", "test_batch", *(f"data_batch_{i}" for i in range(1, 6))]
         if missing := [n for n in needed if n not in files]:
@@ -93,11 +96,7 @@ def convert_imagenette(archive: str | Path, output: str | Path, overwrite: bool 
     """The fast.ai Imagenette tarball (``imagenette2*/train/<wnid>/*.JPEG`` and ``val/``) as ``output/train`` and
     ``output/val``; returns the image count per split."""
     output = Path(output)
-    try:
-        tar = tarfile.open(archive, "r:*")
-    except (OSError, tarfile.TarError) as e:
-        raise DataError(f"--archive {archive}: not a readable tar archive ({describe(e)})") from None
-    with tar:
+    with open_archive(archive) as tar:
         members = [m for m in tar.getmembers() if m.isfile()]
         parts = {m.name: m.name.removeprefix("./").split("/") for m in members}
         images = [m for m in members if len(parts[m.name]) == 4 and parts[m.name][1] in ("train", "val")]
