@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..data import ImageFiles, eval_transform
+from ..data import eval_transform, open_images
 from ..eval.consistency import check_rounds, measure_consistency
 from ..interop.load import build_mae, read_checkpoint
 from .common import add_trust_arg
@@ -17,7 +17,7 @@ from .common import add_trust_arg
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("consistency", help="prediction consistency of a checkpoint across random mask rounds")
     p.add_argument("checkpoint", help="a full checkpoint (with decoder): emae, official MAE, or Hugging Face folder")
-    p.add_argument("--data", required=True, help="folder of images (ImageFolder or flat)")
+    p.add_argument("--data", required=True, help="folder of images (ImageFolder or flat), or shards")
     p.add_argument("--rounds", type=int, default=10, help="independent random masks per image (default 10)")
     p.add_argument("--images", type=int, default=256, help="images used, spread evenly over the folder")
     p.add_argument("--ratio", type=float, default=None, help="mask ratio (default: the checkpoint's)")
@@ -35,7 +35,7 @@ def load_model(path: str, trust: bool = False) -> tuple[torch.nn.Module, object]
 
 
 def image_batches(folder: str, cfg, count: int, batch_size: int):
-    source = ImageFiles(folder, cfg.model.in_chans, cfg.data.strict)
+    source = open_images(folder, cfg.model.in_chans, cfg.data.strict)
     tf = eval_transform(cfg.model.image_size, cfg.data.mean, cfg.data.std)
     picks = torch.linspace(0, len(source) - 1, min(count, len(source))).round().long().tolist()
     for i in range(0, len(picks), batch_size):

@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("visualize", help="reconstruction pictures of a full (with decoder) checkpoint", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="emae checkpoint, full official MAE .pth, or Hugging Face ViTMAEForPreTraining folder")
-    p.add_argument("--data", required=True, metavar="DIR", help="a folder of images (any layout)")
+    p.add_argument("--data", required=True, metavar="DIR", help="a folder of images (any layout), or shards")
     p.add_argument("--output", default="reconstruction.png", metavar="PNG", help="(reconstruction.png)")
     p.add_argument("--num", type=int, default=8, help="images, evenly spread over the folder (8)")
     p.add_argument("--stats", default="true", choices=["true", "visible"], help="un-normalisation statistics (true)")
@@ -38,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import ImageFiles
+    from ..data import open_images
     from ..engine.trainer import vis_batch
     from ..errors import ConfigError
     from ..interop.load import build_mae, read_checkpoint
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     model = build_mae(loaded, args.mask_type, args.mask_ratio)
     cfg = loaded.config
     cfg.train.num_vis = args.num
-    imgs = vis_batch(cfg, ImageFiles(args.data, cfg.model.in_chans), torch.device("cpu"))
+    imgs = vis_batch(cfg, open_images(args.data, cfg.model.in_chans), torch.device("cpu"))
     scale = args.scale or max(1, 128 // max(cfg.model.image_size))
     out = save_reconstruction(args.output, model, imgs, cfg.data.mean, cfg.data.std, args.stats, args.seed, scale)
     print(f"wrote {out} ({args.num} images, mask {loaded.config.mask.type} {loaded.config.mask.ratio}, stats {args.stats})")

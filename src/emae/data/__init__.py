@@ -2,12 +2,13 @@
 
 from .embedded import EmbeddedDigits
 from .folder import IMG_EXTENSIONS, ImageFiles, TransformedImages, scan_images
-from .shards import ShardSet, is_shards
+from .shards import ShardSet, is_shards, open_images
 from .loader import ResumableSampler, batch_to_device, close_loader, collate, image_source, pretrain_loader
 from .transforms import eval_transform, pretrain_transform
 
 __all__ = [
     "EmbeddedDigits", "IMG_EXTENSIONS", "ImageFiles", "ResumableSampler", "ShardSet", "TransformedImages",
-    "batch_to_device", "close_loader", "collate", "eval_transform", "image_source", "is_shards", "pretrain_loader",
+    "batch_to_device", "close_loader", "collate", "eval_transform", "image_source", "is_shards", "open_images",
+    "pretrain_loader",
     "pretrain_transform", "scan_images",
 ]

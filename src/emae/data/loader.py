@@ -17,9 +17,9 @@ from ..errors import ConfigError, DataError
 from .cache import DecodedCache
 from .device_decode import EncodedBatch, EncodedImages, collate_encoded, decode_batch
 from .embedded import EmbeddedDigits
-from .folder import ImageFiles, TransformedImages
+from .folder import TransformedImages
 from .seeds import epoch_seed, sample_seed
-from .shards import ShardSet, is_shards
+from .shards import ShardSet, is_shards, open_images
 from .stream import ShardBatchSampler, ShardStreams, as_is
 from .transforms import pretrain_transform
 
@@ -108,12 +108,10 @@ def image_source(cfg: Config, progress: bool = True):
                         "a folder of images or shards; `emae data cifar10 --output DIR` downloads one)")
     if cfg.data.path is None:
         return EmbeddedDigits(max(cfg.model.image_size), cfg.model.in_chans)
-    if is_shards(cfg.data.path):
-        if cfg.data.cache or cfg.data.decode == "device":
-            option = "data.cache=true" if cfg.data.cache else "data.decode=device"
-            raise ConfigError(f"{option} needs an image folder; shards ({cfg.data.path}) stream and decode on the CPU")
-        return ShardSet(cfg.data.path, cfg.model.in_chans, cfg.data.strict)
-    files = ImageFiles(cfg.data.path, cfg.model.in_chans, cfg.data.strict, progress)
+    if is_shards(cfg.data.path) and (cfg.data.cache or cfg.data.decode == "device"):
+        option = "data.cache=true" if cfg.data.cache else "data.decode=device"
+        raise ConfigError(f"{option} needs an image folder; shards ({cfg.data.path}) stream and decode on the CPU")
+    files = open_images(cfg.data.path, cfg.model.in_chans, cfg.data.strict, progress)
     return DecodedCache(files, progress) if cfg.data.cache else files
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..errors import DataError
-from .folder import PIL_MODES, decode_image, describe, read_first
+from .folder import PIL_MODES, ImageFiles, decode_image, describe, read_first
 
 MANIFEST = "shards.json"
 FORMAT, VERSION = "emae-shards", 1
@@ -45,6 +45,13 @@ def is_shards(location: str | os.PathLike) -> bool:
     text = str(location)
     path = Path(text)
     return is_url(text) or (path / MANIFEST).is_file() or (path.name == MANIFEST and path.is_file())
+
+
+def open_images(location: str | os.PathLike, in_chans: int = 3, strict: bool = False, progress: bool = True):
+    """A shard folder or URL as a :class:`ShardSet`, anything else as an image folder (:class:`ImageFiles`)."""
+    if is_shards(location):
+        return ShardSet(location, in_chans, strict)
+    return ImageFiles(location, in_chans, strict, progress)
 
 
 def open_location(location: str):

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from ..data import ImageFiles, ShardSet, TransformedImages, collate, is_shards
+from ..data import ImageFiles, ShardSet, TransformedImages, collate, open_images
 from ..data.shards import is_url
 from ..errors import ConfigError, DataError
 
@@ -33,7 +33,7 @@ def split_folders(data: str | None = None, train: str | None = None, val: str | 
 
 def labelled_images(root: str | Path, in_chans: int = 3) -> ImageFiles | ShardSet:
     """An ImageFolder tree, or shards written from one; without classes it is an error (evaluation needs labels)."""
-    source = ShardSet(root, in_chans) if is_shards(root) else ImageFiles(root, in_chans)
+    source = open_images(root, in_chans)
     if source.labels is None:
         raise DataError(f"{root} has no class sub-folders; evaluation needs labels, laid out as {root}/<class>/*.jpg")
     return source
