@@ -186,7 +186,7 @@ def test_shards_stream_from_a_url(shards, http_url):
     assert label == (r + ENCODE * g) % 3  # image i was written into class i % 3
 
 
-def test_knn_on_shards_equals_knn_on_folders(tmp_path, capsys):
+def test_knn_and_visualize_on_shards(tmp_path, capsys):
     from evalkit import labelled_data, save_emae_checkpoint
 
     ckpt = save_emae_checkpoint(tmp_path / "c.pt")
@@ -198,6 +198,9 @@ def test_knn_on_shards_equals_knn_on_folders(tmp_path, capsys):
     assert main(["knn", str(ckpt), "--data", str(tmp_path / "s"), "--output", str(tmp_path / "b"), *common]) == 0
     a, b = (json.loads((tmp_path / x / "metrics.json").read_text()) for x in "ab")
     assert a["k=3"] == b["k=3"] and a["train_images"] == b["train_images"] == 12
+    png = tmp_path / "recon.png"
+    assert main(["visualize", str(ckpt), "--data", str(tmp_path / "s" / "val"), "--output", str(png), "--num", "2"]) == 0
+    assert png.stat().st_size > 500
 
 
 def read_as_rank(rank: int, data: str, out: Path) -> None:
