@@ -111,7 +111,8 @@ def test_ddp_matches_one_process_and_only_rank0_writes(runs):
     assert runs["ddp_stdout"].count("done:") == 2
     names = {p.name for p in (runs["root"] / "ddp").iterdir()}
     ckpts = {f"checkpoint-0000000{i}.pt" for i in (3, 4, 6)}
-    assert names == {"config.yaml", "log.jsonl", "reconstruction.png", *ckpts}
+    assert names == {"config.yaml", "log.jsonl", "reconstruction.png", "tb", *ckpts}
+    assert len(list((runs["root"] / "ddp" / "tb").iterdir())) == 2  # one event file per launch, rank 0's
 
 
 @needs_gloo

@@ -17,7 +17,7 @@ from emae.engine.tracking import RunLog
 from emae.errors import ConfigError
 
 from evalkit import labelled_data, save_emae_checkpoint
-from helpers import tb_images, tb_scalars
+from helpers import TINY, tb_images, tb_scalars, write_images
 
 
 def fake_run(log: RunLog) -> None:
@@ -125,3 +125,45 @@ def test_linprobe_writes_event_files(tmp_path):
     assert main(argv) == 0
     top1 = json.loads((out / "metrics.json").read_text())["top1"]
     assert [v for _, v in tb_scalars(out / "tb")["end/top1"]] == [pytest.approx(top1)]
+
+
+def pretrain_argv(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["pretrain", "--data", str(data), "--output", str(out), "--no-progress", *TINY, "train.batch_size=8",
+            "train.num_vis=2", "train.log_every=2", "data.num_workers=0", *extra]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imgs")
+    write_images(root, 40, size=20)  # 5 steps per epoch
+    return root
+
+
+def test_pretrain_events_equal_the_log_and_carry_the_picture(folder, tmp_path):
+    assert main(pretrain_argv(folder, tmp_path, "train.epochs=3", "train.save_every=2")) == 0
+    train = [r for r in read_log(tmp_path / "log.jsonl") if r["type"] == "train"]
+    tb = tb_scalars(tmp_path / "tb")
+    for key in ("loss", "lr", "img_per_s"):
+        assert tb[f"train/{key}"] == [(r["step"], pytest.approx(r[key])) for r in train]
+    assert [s for s, _ in tb["train/loss"]] == [2, 4, 5, 6, 8, 10, 12, 14, 15]  # every 2 steps and epoch ends
+    assert tb_images(tmp_path / "tb") == {"reconstruction": [10, 15]}  # every save_every epochs, and the end
+    assert main(pretrain_argv(folder, tmp_path / "off", "train.max_steps=2", "train.tensorboard=false")) == 0
+    assert not (tmp_path / "off" / "tb").exists() and (tmp_path / "off" / "log.jsonl").exists()
+
+
+def test_resumed_pretrain_continues_the_same_event_curve(folder, tmp_path):
+    argv = pretrain_argv(folder, tmp_path, "train.max_steps=8", "train.log_every=1", "train.save_every_steps=3")
+    assert main([*argv, "train.stop_after_steps=5"]) == 0  # logged steps 1-5; checkpoints at 3 and 5
+    assert main([*argv, "--resume", str(tmp_path / "checkpoint-00000003.pt")]) == 0  # steps 4, 5 again, then on
+    steps = [s for s, _ in tb_scalars(tmp_path / "tb")["train/loss"]]
+    assert steps == list(range(1, 9))  # each step once: what the first process logged after step 3 was purged
+    last = {r["step"]: r["loss"] for r in read_log(tmp_path / "log.jsonl") if r["type"] == "train"}
+    assert tb_scalars(tmp_path / "tb")["train/loss"] == [(s, pytest.approx(last[s])) for s in steps]
+
+
+def test_pretrain_without_the_wandb_extra_is_one_line(folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    assert main(pretrain_argv(folder, tmp_path / "run", "train.wandb=true")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("emae: error: W&B logging needs the optional extra") and "\n" not in err
+    assert not (tmp_path / "run").exists()

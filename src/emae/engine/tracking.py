@@ -13,6 +13,7 @@ kept in ``RUN/wandb-id.txt``).
 from __future__ import annotations
 
 import atexit
+import importlib
 import math
 import uuid
 from pathlib import Path
@@ -34,13 +35,26 @@ def scalars(record: dict) -> dict[str, float]:
             if k not in NOT_SCALARS and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
 
-class TensorBoardSink:
-    def __init__(self, folder: Path, purge_step: int | None) -> None:
+def require(tensorboard: bool, wandb: bool) -> None:
+    """One-line errors, before any work, for a tracker whose package is missing."""
+    if tensorboard:
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            importlib.import_module("torch.utils.tensorboard")
         except ImportError as e:
             raise ConfigError(f"TensorBoard logging needs the tensorboard package ({e}); pip install tensorboard, "
                               "or turn it off (train.tensorboard=false / --no-tensorboard)") from None
+    if wandb:
+        try:
+            importlib.import_module("wandb")
+        except ImportError:
+            raise ConfigError("W&B logging needs the optional extra: pip install 'emae[wandb]' "
+                              "(or turn it off: train.wandb=false)") from None
+
+
+class TensorBoardSink:
+    def __init__(self, folder: Path, purge_step: int | None) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
         self.writer = SummaryWriter(str(folder), purge_step=purge_step, flush_secs=10)
         atexit.register(self.close)  # a run that dies of an exception still flushes its events
 
@@ -60,11 +74,8 @@ class TensorBoardSink:
 
 class WandbSink:
     def __init__(self, out: Path, project: str, name: str | None, config: dict | None) -> None:
-        try:
-            import wandb
-        except ImportError:
-            raise ConfigError("W&B logging needs the optional extra: pip install 'emae[wandb]' "
-                              "(or turn it off: train.wandb=false)") from None
+        import wandb
+
         id_file = out / "wandb-id.txt"
         run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
         # WANDB_MODE=offline (or disabled) in the environment is honoured by wandb.init itself
@@ -97,9 +108,10 @@ class RunLog:
         self.sinks: list[Any] = []
         if not enabled:
             return
+        require(tensorboard, wandb)
         out = Path(out)
         self.jsonl = JsonlLog(out / "log.jsonl")
-        if wandb:  # first: a missing extra stops the run before any file is written
+        if wandb:
             self.sinks.append(WandbSink(out, wandb_project, wandb_name, config))
         if tensorboard:
             # purged: what an earlier process logged after the checkpoint (steps the resumed run logs again)

@@ -1,4 +1,5 @@
-"""The pre-training loop, one for every method. Read it top to bottom.
+"""Pre-training, one loop for every method: :func:`pretrain` sets a run up (folder, data, model, optimiser,
+restored state, log) and hands it to :mod:`emae.engine.loop` (epochs, steps, log lines, checkpoints, picture, end).
 
 Exact resume: the data order is a seeded permutation per epoch, each sample's augmentation runs under its own
 seed, and masks come from a dedicated generator whose state is checkpointed. So N steps straight and N/2 steps,
@@ -8,63 +9,40 @@ a stop and ``--resume`` for the rest give the same parameters bit for bit (on CP
 from __future__ import annotations
 
 import math
+import shutil
 import time
-import warnings
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 from tqdm import tqdm
 
 from ..config import Config
-from ..data import batch_to_device, close_loader, eval_transform, image_source, pretrain_loader
-from ..errors import CheckpointError, ConfigError, DataError, TrainingError
+from ..data import close_loader, image_source, pretrain_loader
+from ..errors import CheckpointError, ConfigError, DataError
 from ..masks import sequences_per_image
 from ..models import build_model
-from ..viz import save_reconstruction
 from .atomic import check_writable, write_text_atomic
-from .checkpoint import (
-    FORMAT,
-    FORMAT_VERSION,
-    checkpoint_name,
-    latest_valid_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    prune_checkpoints,
-    remove_temporaries,
-    rng_state,
-    set_rng_state,
-    state_mismatch,
-    write_checkpoint,
-)
-from .device import autocast, resolve_device, seed_everything
-from .distributed import DistInfo, all_reduce_mean, any_rank, barrier, broadcast_object, cleanup, init_distributed
-from .distributed import is_main
-from .distributed import grad_scaler, grad_sync, mask_args, wrap_model
+from .checkpoint import (latest_valid_checkpoint, list_checkpoints, load_checkpoint, remove_temporaries, set_rng_state,
+                         state_mismatch)
+from .device import resolve_device, seed_everything
+from .distributed import DistInfo, any_rank, barrier, broadcast_object, cleanup, init_distributed
+from .distributed import grad_scaler, is_main, wrap_model
 from .guard import NonFiniteGuard
-from .log import JsonlLog
+from .loop import finish, train
 from .optim import build_optimizer, build_scheduler, effective_lr
 from .perf import StepTimer, configure_backends, maybe_compile
 from .resume import announce, check_resume_config, truncate_log
-from .sharded import load_optimizer_state, model_state, optimizer_state, plain_model, save_sharded
+from .run import Run, RunResult, vis_batch
+from .sharded import load_optimizer_state
 from .signals import StopSignals
+from .tracking import RunLog
+from .tracking import require as require_trackers
 
-RUN_FILES = ("log.jsonl", "config.yaml", "reconstruction.png")
+__all__ = ["RunResult", "pretrain", "prepare_output_dir", "vis_batch"]
 
-
-@dataclass
-class RunResult:
-    output_dir: Path
-    checkpoint: Path
-    global_step: int
-    loss: float
-    benchmark: dict | None = None  # --benchmark: img/s, step times, data wait, memory, TFLOP/s, MFU
-    signal: str | None = None  # "SIGTERM" / "SIGINT" when a signal stopped the run (after a checkpoint)
-    bad_steps: int = 0  # steps skipped by the non-finite guard
-    already_finished: bool = False  # resumed a run that had reached its last step: nothing ran
+RUN_FILES = ("log.jsonl", "config.yaml", "reconstruction.png", "tb", "wandb-id.txt")  # tb: TensorBoard events
 
 
 def prepare_output_dir(cfg: Config, resume: str | None, overwrite: bool, trust: bool = False,
@@ -124,37 +102,6 @@ def start_line(cfg: Config, out: Path, images: int, steps_per_epoch: int, total_
             f"global batch {global_batch}, lr {lr:.3g}; {device.type}, {torch.get_num_threads()} threads; run {out}")
 
 
-def vis_batch(cfg: Config, source, device: torch.device) -> torch.Tensor | None:
-    """A fixed, evenly spread set of un-augmented images for the reconstruction picture."""
-    n = min(cfg.train.num_vis, len(source))
-    if n == 0:
-        return None
-    tf = eval_transform(cfg.model.image_size, cfg.data.mean, cfg.data.std)
-    picks = np.linspace(0, len(source) - 1, n).round().astype(int)
-    return torch.stack([tf(source.fetch(int(i))[0]) for i in picks]).to(device)
-
-
-def timed_batches(loader, timer: StepTimer | None):
-    """The loader's batches; with a timer, the time spent waiting for each is charged to the current step."""
-    if timer is None:
-        yield from loader
-        return
-    it = iter(loader)
-    while True:
-        start = time.perf_counter()
-        try:
-            batch = next(it)
-        except StopIteration:
-            return
-        timer.waited(time.perf_counter() - start)
-        yield batch
-
-
-class _NoLog:
-    def write(self, **record) -> None:  # ranks other than 0 log nothing
-        pass
-
-
 def pretrain(cfg: Config, resume: str | None = None, overwrite: bool = False, progress: bool = True,
              init: str | None = None, timer: StepTimer | None = None, trust: bool = False,
              force_config: bool = False) -> RunResult:
@@ -178,35 +125,54 @@ def pretrain(cfg: Config, resume: str | None = None, overwrite: bool = False, pr
 def _pretrain(cfg: Config, info: DistInfo, resume: str | None, overwrite: bool, progress: bool,
               init: str | None, timer: StepTimer | None, signals: StopSignals, closing: ExitStack, trust: bool,
               force_config: bool) -> RunResult:
-    t = cfg.train
-    main = info.is_main
+    require_trackers(cfg.train.tensorboard, cfg.train.wandb)  # a missing package: one line before any work
     out, resume_path, stale = broadcast_object(  # rank 0's folder
         prepare_output_dir(cfg, resume, overwrite, trust, force_config, info.world_size))
     barrier()  # every rank has checked the folder before rank 0 writes into it
     cfg.output_dir = str(out)
-    device = info.device
+    ckpt = load_checkpoint(resume_path, map_location=info.device, trust=trust) if resume_path is not None else None
+    run, init_info = set_up(cfg, info, out, resume_path, ckpt, init, timer, progress, closing, trust)
+    if ckpt is not None:
+        restore(run, ckpt)
+        del ckpt
+    run.bar = tqdm(total=run.total_steps, initial=run.global_step, unit="step",
+                   disable=not (progress and info.is_main), dynamic_ncols=True)
+    open_log(run, stale, init_info)
+    try:
+        train(run, signals)
+        run.bar.close()
+        return finish(run, signals)
+    finally:
+        run.bar.close()
+        run.log.close()  # flushes the event files, also when the run fails
+
+
+# ---------------------------------------------------------------- set up
+
+
+def set_up(cfg: Config, info: DistInfo, out: Path, resume_path: Path | None, ckpt: dict | None, init: str | None,
+           timer: StepTimer | None, progress: bool, closing: ExitStack, trust: bool) -> tuple[Run, dict]:
+    """Data, model (with the checkpoint's weights, or ``init``'s), optimiser, schedule, scaler, mask generator.
+    The loader's workers are shut down by ``closing``, on every way out of the run."""
+    t, device = cfg.train, info.device
     configure_backends(device, t.tf32, t.threads)
     if timer is not None:
         timer.device = device
     seed_everything(t.seed)
 
-    # data
-    source = image_source(cfg)
+    source = image_source(cfg, progress=progress and info.is_main)
     loader = pretrain_loader(cfg, source, info.rank, info.world_size, pin_memory=device.type == "cuda")
-    closing.callback(close_loader, loader)  # on every way out of here
-    sampler = loader.sampler
-    steps_per_epoch = sampler.batches_per_epoch // t.accum_iter
+    closing.callback(close_loader, loader)
+    steps_per_epoch = loader.sampler.batches_per_epoch // t.accum_iter
     if steps_per_epoch == 0:
         raise DataError(
             f"data: {len(source)} images give no full step of train.batch_size {t.batch_size}"
             f" x train.accum_iter {t.accum_iter}; lower the batch size"
         )
-    sampler.batches_per_epoch = steps_per_epoch * t.accum_iter  # drop a trailing partial accumulation
+    loader.sampler.batches_per_epoch = steps_per_epoch * t.accum_iter  # drop a trailing partial accumulation
 
-    # model, optimiser, schedule
     model = build_model(cfg).to(device)
     model.set_grad_checkpointing(t.activation_checkpointing)
-    ckpt = load_checkpoint(resume_path, map_location=device, trust=trust) if resume_path is not None else None
     init_info = {}
     if ckpt is not None:
         try:
@@ -219,185 +185,71 @@ def _pretrain(cfg: Config, info: DistInfo, resume: str | None, overwrite: bool, 
 
         init_info = init_from(model, init, trust)
     wrapped = wrap_model(model, info, t.precision)  # DDP wrapper, or FSDP shards ``model`` in place
-    forward = maybe_compile(wrapped, t.compile)  # checkpoints keep using ``model``
     per_image = sequences_per_image(cfg.mask.type, cfg.mask.ratio)
     lr = effective_lr(t, info.world_size, per_image)
     opt = build_optimizer(model, t, lr)
     total_steps = t.max_steps or t.epochs * steps_per_epoch
-    sched = build_scheduler(opt, t, lr, steps_per_epoch, total_steps)
-    scaler = grad_scaler(info, enabled=t.precision == "fp16")
-    mask_gen = torch.Generator(device).manual_seed(t.seed)
-    guard = NonFiniteGuard(t.max_bad_steps, reduce=any_rank)  # every rank skips the same steps
-    epoch, batch_in_epoch, global_step = 0, 0, 0
+    run = Run(
+        cfg=cfg, info=info, out=out, resume_path=resume_path, source=source, loader=loader,
+        steps_per_epoch=steps_per_epoch, total_steps=total_steps, model=model, wrapped=wrapped,
+        forward=maybe_compile(wrapped, t.compile),  # checkpoints keep using ``model``
+        opt=opt, sched=build_scheduler(opt, t, lr, steps_per_epoch, total_steps),
+        scaler=grad_scaler(info, enabled=t.precision == "fp16"), mask_gen=torch.Generator(device).manual_seed(t.seed),
+        guard=NonFiniteGuard(t.max_bad_steps, reduce=any_rank),  # every rank skips the same steps
+        lr=lr, timer=timer, last_good=resume_path,
+    )
+    return run, {**init_info, "sequences_per_image": per_image}
 
-    if ckpt is not None:
-        try:
-            load_optimizer_state(model, opt, ckpt["optimizer"], info)
-            sched.load_state_dict(ckpt["scheduler"])
-            scaler.load_state_dict(ckpt["scaler"])
-            set_rng_state(ckpt["rng"], mask_gen)
-            epoch, batch_in_epoch, global_step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["global_step"]
-        except (KeyError, RuntimeError, ValueError, TypeError) as e:  # weights only, or another model's
-            first = (str(e).strip().splitlines() or [""])[0][:200]
-            raise CheckpointError(f"checkpoint {resume_path} cannot resume this run ({type(e).__name__}: {first})") from None
-        guard.load_state_dict(ckpt.get("guard", {}))
-        del ckpt
 
+def restore(run: Run, ckpt: dict) -> None:
+    """Optimiser, schedule, scaler, mask generator, position in the data and the guard's count, from ``ckpt``."""
+    try:
+        load_optimizer_state(run.model, run.opt, ckpt["optimizer"], run.info)
+        run.sched.load_state_dict(ckpt["scheduler"])
+        run.scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"], run.mask_gen)
+        run.epoch, run.batch_in_epoch, run.global_step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["global_step"]
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:  # weights only, or another model's
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"checkpoint {run.resume_path} cannot resume this run ({type(e).__name__}: {first})") \
+            from None
+    run.guard.load_state_dict(ckpt.get("guard", {}))
+    run.last_good = run.resume_path if run.guard.consecutive == 0 else None
+
+
+def open_log(run: Run, stale: list[Path], init_info: dict) -> None:
+    """Rank 0 clears an overwritten run's files, writes config.yaml and opens the log (log.jsonl, TensorBoard,
+    W&B): a start record for a fresh run, a resume record otherwise."""
+    cfg, t, main, out = run.cfg, run.cfg.train, run.info.is_main, run.out
     for path in stale if main else ():  # --overwrite: the old run goes only now that the new one is ready
-        path.unlink(missing_ok=True)
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     if main:
         out.mkdir(parents=True, exist_ok=True)
         remove_temporaries(out)  # half-written checkpoints of a killed run
         write_text_atomic(yaml.safe_dump(cfg.to_dict(), sort_keys=False), out / "config.yaml")
-    own_log = main and resume_path is not None and resume_path.parent.resolve() == out.resolve()
-    last_logged = truncate_log(out / "log.jsonl", global_step) if own_log else None  # no step logged twice
-    log = JsonlLog(out / "log.jsonl") if main else _NoLog()
-    warmup_steps = t.warmup_epochs * steps_per_epoch
-    global_batch = t.batch_size * t.accum_iter * info.world_size
-    if resume_path is None:
-        log.write(type="start", lr=lr, steps_per_epoch=steps_per_epoch, images=len(source), data=str(source.root),
-                  params=sum(p.numel() for p in model.parameters() if p.requires_grad), world_size=info.world_size,
-                  global_batch=global_batch, sequences_per_step=global_batch * per_image,
-                  lr_batch_unit=t.lr_batch_unit, total_steps=total_steps, warmup_steps=warmup_steps,
-                  warmup_fraction=min(1.0, warmup_steps / total_steps), threads=torch.get_num_threads(),
-                  device=str(device), **init_info)
+    own_log = main and run.resume_path is not None and run.resume_path.parent.resolve() == out.resolve()
+    if own_log:  # no step logged twice (TensorBoard purges its own copy of them: resume_step)
+        last_logged = truncate_log(out / "log.jsonl", run.global_step)
+        run.last_loss = math.nan if last_logged is None else last_logged
+    run.log = RunLog(out, enabled=main, tensorboard=t.tensorboard, wandb=t.wandb, wandb_project=t.wandb_project,
+                     wandb_name=t.wandb_name, config=cfg.to_dict(),
+                     resume_step=None if run.resume_path is None else run.global_step)
+    warmup_steps = t.warmup_epochs * run.steps_per_epoch
+    global_batch = t.batch_size * t.accum_iter * run.info.world_size
+    per_image = init_info.pop("sequences_per_image")
+    machine = {"threads": torch.get_num_threads(), "device": str(run.info.device)}
+    if run.resume_path is not None:
+        run.log.write(type="resume", checkpoint=str(run.resume_path), global_step=run.global_step, **machine)
     else:
-        log.write(type="resume", checkpoint=str(resume_path), global_step=global_step, threads=torch.get_num_threads(),
-                  device=str(device))
+        run.log.write(type="start", lr=run.lr, steps_per_epoch=run.steps_per_epoch, images=len(run.source),
+                      data=str(run.source.root),
+                      params=sum(p.numel() for p in run.model.parameters() if p.requires_grad),
+                      world_size=run.info.world_size, global_batch=global_batch,
+                      sequences_per_step=global_batch * per_image, lr_batch_unit=t.lr_batch_unit,
+                      total_steps=run.total_steps, warmup_steps=warmup_steps,
+                      warmup_fraction=min(1.0, warmup_steps / run.total_steps), **machine, **init_info)
     if main:
-        print(start_line(cfg, out, len(source), steps_per_epoch, total_steps, global_batch, lr, device), flush=True)
-
-    last_good = resume_path if guard.consecutive == 0 else None  # newest checkpoint not inside a bad stretch
-
-    def save() -> Path:  # every rank calls it; rank 0 writes (FSDP: all ranks gather, or write their shards)
-        nonlocal last_good
-        path = out / checkpoint_name(global_step)
-        meta = {
-            "format": FORMAT, "version": FORMAT_VERSION, "method": cfg.method, "config": cfg.to_dict(),
-            "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(mask_gen),
-            "epoch": epoch, "batch_in_epoch": batch_in_epoch, "global_step": global_step,
-            "guard": guard.state_dict(), "world_size": info.world_size,
-        }
-        if info.mode == "fsdp" and t.fsdp_checkpoint == "sharded":
-            path = path.with_suffix(".dcp")
-            save_sharded(meta, model, opt, path, info)
-        else:
-            state = {"model": model_state(model, info), "optimizer": optimizer_state(model, opt, info)}
-            if main:
-                write_checkpoint({**meta, **state}, path)
-        if main:
-            prune_checkpoints(out, t.keep_last)  # only once the new checkpoint is complete
-        barrier()  # no rank runs ahead of (or exits before) rank 0's write
-        if guard.consecutive == 0:
-            last_good = path
-        return path
-
-    bar = tqdm(total=total_steps, initial=global_step, unit="step", disable=not (progress and main),
-               dynamic_ncols=True)
-    if main and resume_path is None:
-        for line in warmup_notes(t, warmup_steps, total_steps):
-            bar.write(line)
-    model.train()
-    if timer is not None:
-        timer.begin()
-    last_ckpt, last_loss, stopped = None, (math.nan if last_logged is None else last_logged), False
-    while global_step < total_steps and not stopped:
-        sampler.set_epoch(epoch, batch_in_epoch)
-        skipped: dict[str, None] = {}  # unique unreadable files met this epoch, in order
-        window: dict[str, torch.Tensor] = {}  # summed loss terms since the last log line
-        window_steps, window_imgs, window_start, window_bad = 0, 0, time.perf_counter(), 0
-        for imgs, _, bad in timed_batches(loader, timer):
-            imgs, undecodable = batch_to_device(imgs, cfg, device)
-            skipped.update(dict.fromkeys(bad + undecodable))
-            if batch_in_epoch % t.accum_iter == 0:  # a step begins: what to restore if it turns out bad
-                window_before, step_loss = window, 0
-            grad_sync(wrapped, (batch_in_epoch + 1) % t.accum_iter == 0)  # all-reduce on the last micro-batch only
-            with autocast(device, t.precision):
-                step_out = forward(imgs, **mask_args(model, imgs.shape[0], mask_gen, info))
-            scaler.scale(step_out.loss / t.accum_iter).backward()
-            step_loss = step_loss + step_out.loss.detach()
-            for name, value in step_out.terms.items():
-                window[name] = window.get(name, 0) + value.detach().float() / t.accum_iter
-            window_imgs += imgs.shape[0]
-            batch_in_epoch += 1
-            if batch_in_epoch % t.accum_iter:
-                continue
-            # fp16: scaled gradients are finite exactly when the true ones are, so the check needs no unscale
-            skip = guard.is_bad(step_loss, model.parameters())
-            if not skip:
-                scaler.step(opt)  # unscales inside (fused AdamW: in its kernel)
-            elif scaler.is_enabled():
-                scaler.unscale_(opt)  # records the overflow, so update() lowers the scale as GradScaler's own skip does
-            scaler.update()
-            opt.zero_grad(set_to_none=True)
-            with warnings.catch_warnings():  # a skipped first step makes PyTorch warn about the call order
-                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
-                sched.step()  # a skipped step still counts (see engine/guard.py)
-            global_step += 1
-            if skip:
-                window, window_bad = window_before, window_bad + 1
-                log.write(type="bad_step", step=global_step, epoch=epoch, consecutive=guard.consecutive + 1)
-                bar.write(f"warning: step {global_step}: non-finite loss or gradient, update skipped")
-            try:
-                guard.record(skip, global_step, last_good)
-            except TrainingError as e:
-                bar.close()
-                log.write(type="error", step=global_step, message=str(e))
-                raise
-            window_steps += not skip
-            if timer is not None:
-                timer.end(imgs.shape[0] * t.accum_iter)
-            bar.update(1)
-            stopped = any_rank(bool(signals.received)) or (t.stop_after_steps is not None and global_step >= t.stop_after_steps)
-            done = global_step >= total_steps
-            logged = global_step % t.log_every == 0 or batch_in_epoch == sampler.batches_per_epoch or stopped or done
-            if logged and window_steps:
-                # the one host sync per window; the mean over ranks is the global batch's loss
-                terms = {k: all_reduce_mean(v).item() / window_steps for k, v in window.items()}
-                last_loss = terms["loss"]
-                speed = window_imgs * info.world_size / (time.perf_counter() - window_start)
-                current_lr = opt.param_groups[0]["lr"]
-                extra = {"bad_steps": window_bad} if window_bad else {}
-                log.write(type="train", step=global_step, epoch=epoch, **terms, lr=current_lr, img_per_s=speed, **extra)
-                bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{current_lr:.2e}", img_s=f"{speed:.0f}", refresh=False)
-            if logged:
-                window = {}
-                window_steps, window_imgs, window_start, window_bad = 0, 0, time.perf_counter(), 0
-            if stopped or done:
-                break
-            if t.save_every_steps and global_step % t.save_every_steps == 0:
-                last_ckpt = save()
-            if timer is not None:
-                timer.begin()
-        if skipped:
-            first = list(skipped)[:10]
-            bar.write(f"warning: epoch {epoch}: skipped {len(skipped)} unreadable files, first: {', '.join(first[:3])}")
-            log.write(type="skipped", epoch=epoch, count=len(skipped), first=first)
-        if batch_in_epoch < sampler.batches_per_epoch:  # stopped or finished inside an epoch
-            last_ckpt = save()
-            break
-        epoch, batch_in_epoch = epoch + 1, 0
-        if epoch % t.save_every == 0 or global_step >= total_steps or stopped:
-            last_ckpt = save()
-    bar.close()
-    already_finished = last_ckpt is None  # resumed a finished run: nothing ran, nothing new to save
-    if already_finished:
-        last_ckpt = resume_path
-    stopped_by = signals.received if global_step < total_steps else None
-    if stopped_by:
-        log.write(type="signal", signal=stopped_by, step=global_step, checkpoint=str(last_ckpt))
-
-    imgs = vis_batch(cfg, source, device)
-    if imgs is not None and global_step >= total_steps:  # a finished run gets its picture (from rank 0)
-        scale = max(1, 128 // max(cfg.model.image_size))
-        shown = plain_model(model, cfg, info)  # FSDP: gathered into a fresh model on rank 0; all ranks call
-        if main:
-            save_reconstruction(out / "reconstruction.png", shown, imgs, cfg.data.mean, cfg.data.std, seed=t.seed,
-                                scale=scale)
-    report = None
-    if timer is not None:
-        report = timer.report(cfg, model, torch.zeros(2, cfg.model.in_chans, *cfg.model.image_size, device=device))
-        log.write(type="benchmark", **report)
-    log.write(type="end", global_step=global_step, epoch=epoch, checkpoint=str(last_ckpt), loss=last_loss,
-              bad_steps=guard.total)
-    return RunResult(out, last_ckpt, global_step, last_loss, report, stopped_by, guard.total, already_finished)
+        print(start_line(cfg, out, len(run.source), run.steps_per_epoch, run.total_steps, global_batch, run.lr,
+                         run.info.device), flush=True)
+        for line in warmup_notes(t, warmup_steps, run.total_steps) if run.resume_path is None else ():
+            run.bar.write(line)

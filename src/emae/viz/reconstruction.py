@@ -83,6 +83,15 @@ def reconstruction_rows(model, imgs: torch.Tensor, mean: list[float], std: list[
 def save_reconstruction(path: str | Path, model, imgs: torch.Tensor, mean: list[float], std: list[float],
                         stats: str = "true", seed: int = 0, scale: int = 1) -> Path:
     """Write a PNG grid with one row per image. ``scale`` enlarges small images (nearest neighbour)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    reconstruction_image(model, imgs, mean, std, stats, seed, scale).save(path)
+    return path
+
+
+def reconstruction_image(model, imgs: torch.Tensor, mean: list[float], std: list[float], stats: str = "true",
+                         seed: int = 0, scale: int = 1) -> Image.Image:
+    """The labelled grid (one row per image) as a picture; the mask is drawn from ``seed``."""
     g = torch.Generator(device=imgs.device).manual_seed(seed)
     rows = reconstruction_rows(model, imgs, mean, std, stats, generator=g)
     if scale > 1:
@@ -91,10 +100,7 @@ def save_reconstruction(path: str | Path, model, imgs: torch.Tensor, mean: list[
         rows = rows.expand(-1, 3, -1, -1)
     elif rows.shape[1] == 4:
         rows = rows[:, :3]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    labelled_grid(rows).save(path)
-    return path
+    return labelled_grid(rows)
 
 
 def labelled_grid(rows: torch.Tensor, padding: int = 2) -> Image.Image:
