@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 
-import emae.engine.trainer as trainer
+import emae.engine.loop as loop
 from emae.cli.main import main
 from emae.engine import log
 from emae.errors import ConfigError
 
 step_sleep, save_seconds = float(sys.argv[1]), float(sys.argv[2])
-real_save, real_write, real_batch_to_device = torch.save, log.JsonlLog.write, trainer.batch_to_device
+real_save, real_write, real_batch_to_device = torch.save, log.JsonlLog.write, loop.batch_to_device
 fail_kind, _, fail_at = os.environ.get("EMAE_CHILD_FAIL", ":0").partition(":")
 fail_at = int(fail_at)
 calls = {"save": 0, "batch": 0}
@@ -74,5 +74,5 @@ def failing_batch_to_device(*args, **kwargs):
 
 torch.save = slow_save
 log.JsonlLog.write = slow_write
-trainer.batch_to_device = failing_batch_to_device
+loop.batch_to_device = failing_batch_to_device
 sys.exit(main(sys.argv[3:]))
