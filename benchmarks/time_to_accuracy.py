@@ -224,8 +224,9 @@ def time_to_reach(points: list[tuple[float, float]], target: float) -> float | N
     return None
 
 
-def ratios(runs: dict[str, list[dict]], metric: str, variant: str) -> list[str]:
-    """Per seed s: (sequences variant-sS needs to reach mae-sS's final accuracy) / (mae-sS's sequences)."""
+def ratios(runs: dict[str, list[dict]], metric: str, variant: str, start: float, rates: dict) -> list[str]:
+    """Per seed s: (sequences variant-sS needs to reach mae-sS's final accuracy) / (mae-sS's sequences), each curve
+    starting from the random-init mean ``start`` at 0; with calibrated step rates, the same in wall-clock time."""
     out = []
     for run, rows in sorted(runs.items()):
         v, seed = split_name(run)
@@ -233,9 +234,18 @@ def ratios(runs: dict[str, list[dict]], metric: str, variant: str) -> list[str]:
         if v != variant or not mae:
             continue
         target, budget = mae[-1][metric], mae[-1]["sequences"]
-        t = time_to_reach([(r["sequences"], r[metric]) for r in rows], target)
-        out.append(f"s{seed}: {t / budget:.2f}" if t is not None else
-                   f"s{seed}: not reached ({rows[-1][metric]:.2f} vs {target:.2f} at the end)")
+        if target <= start:
+            out.append(f"s{seed}: none (MAE's final {target:.2f} is not above random init, {start:.2f})")
+            continue
+        t = time_to_reach([(0.0, start)] + [(r["sequences"], r[metric]) for r in rows], target)
+        if t is None:
+            out.append(f"s{seed}: not reached ({rows[-1][metric]:.2f} vs {target:.2f} at the end)")
+            continue
+        text = f"s{seed}: {t / budget:.2f}"
+        if variant in rates and "mae" in rates:  # sequences -> steps -> calibrated seconds
+            steps = t / (rows[-1]["sequences"] / rows[-1]["step"])
+            text += f" (time {steps / rates[variant] / (mae[-1]['step'] / rates['mae']):.2f})"
+        out.append(text)
     return out
 
 
@@ -249,17 +259,17 @@ def report_phase(args: argparse.Namespace, root: Path) -> None:
     print(f"frozen evaluation: {n_train} training / {n_test} test images, mean patch token\n")
     print("| run | seeds | step | encoder sequences (M) | " + " | ".join(METRICS) + " |")
     print("|---|---|---|---|" + "---|" * len(METRICS))
-    line = " | ".join(f"{m:.2f} ± {s:.2f}" for m, s in (mean_std(rnd, k) for k in METRICS))
+    line = " | ".join(cell(rnd, k) for k in METRICS)
     print(f"| random init | {len(rnd)} | 0 | 0 | {line} |")
     for variant, steps in grouped.items():
         for step, rows in sorted(steps.items()):
-            line = " | ".join(f"{m:.2f} ± {s:.2f}" for m, s in (mean_std(rows, k) for k in METRICS))
+            line = " | ".join(cell(rows, k) for k in METRICS)
             print(f"| {variant} | {len(rows)} | {step} | {rows[0]['sequences'] / 1e6:.3f} | {line} |")
     print()
     for metric in METRICS:
         for variant in grouped:
             if variant != "mae":
-                r = ratios(runs, metric, variant)
+                r = ratios(runs, metric, variant, mean_std(rnd, metric)[0], rates)
                 if r:
                     print(f"ratio {metric} {variant}: sequences to MAE's final / MAE's sequences: {'; '.join(r)}")
     if (root / "consistency.json").exists():
@@ -281,6 +291,12 @@ def mean_std(rows: list[dict], key: str) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def cell(rows: list[dict], key: str) -> str:
+    """``mean ± sample std`` over seeds, or the one value."""
+    m, s = mean_std(rows, key)
+    return f"{m:.2f} ± {s:.2f}" if len(rows) > 1 else f"{m:.2f}"
+
+
 def plot(grouped: dict, rnd: list[dict], rates: dict, path: Path) -> None:
     import matplotlib
 
@@ -300,9 +316,9 @@ def plot(grouped: dict, rnd: list[dict], rates: dict, path: Path) -> None:
                 if xkey == "minutes" and variant not in rates:
                     continue
                 pts = sorted(steps.items())
-                xs = [(rows[0]["sequences"] * scale if xkey == "sequences" else step / rates[variant] / 60)
-                      for step, rows in pts]
-                ms = [mean_std(rows, metric) for _, rows in pts]
+                xs = [0.0] + [(rows[0]["sequences"] * scale if xkey == "sequences" else step / rates[variant] / 60)
+                              for step, rows in pts]
+                ms = [(m, s)] + [mean_std(rows, metric) for _, rows in pts]  # every run starts at random init
                 seeds = max(len(rows) for _, rows in pts)
                 line, = ax.plot(xs, [a for a, _ in ms], marker="o", label=f"{LABELS[variant]} ({seeds} seed{'s' * (seeds > 1)})")
                 if seeds > 1:
