@@ -78,6 +78,28 @@ def test_jpeg_failing_on_the_device_is_reported_and_replaced(tmp_path):
     assert torch.equal(imgs[2], imgs[3])  # the slot holds the next decodable image of the batch
 
 
+def test_jpeg_bytes_stay_on_the_host_for_the_device_decoder(tmp_path, monkeypatch):
+    """torchvision's decode_jpeg reads the bytes on the host and decodes on ``device``; bytes already moved to a GPU
+    raise "Input list must contain tensors on CPU" (seen on the H200). The meta device stands in for the GPU."""
+    write_images(tmp_path, 3, size=24)
+    cfg = tiny_config("model.img_size=16", "train.batch_size=3", "data.num_workers=0", "data.decode=device",
+                      **{"data.path": str(tmp_path)})
+    enc, _, _ = first_batch(cfg)
+    seen = {}
+
+    class Seen(Exception):
+        pass
+
+    def spy(datas, mode, device):
+        seen.update(devices={d.device.type for d in datas}, target=torch.device(device).type)
+        raise Seen
+
+    monkeypatch.setattr("emae.data.device_decode.decode_jpeg", spy)
+    with pytest.raises(Seen):
+        batch_to_device(enc, cfg, torch.device("meta"))
+    assert seen == {"devices": {"cpu"}, "target": "meta"}
+
+
 def test_pretrain_with_device_decode_logs_skipped_files(tmp_path):
     data = tmp_path / "data"
     hostile_folder(data)

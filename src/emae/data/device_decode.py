@@ -117,7 +117,8 @@ def decode_batch(
     channels = len(mean)
     mode = READ_MODES[channels]
     jpeg_slots = [i for i, e in enumerate(batch.encoded) if e]
-    decoded = _decode_jpegs([batch.payloads[i].to(device, non_blocking=True) for i in jpeg_slots], mode, device)
+    # the encoded bytes stay on the host: decode_jpeg reads them there and decodes on ``device`` (nvJPEG)
+    decoded = _decode_jpegs([batch.payloads[i] for i in jpeg_slots], mode, device)
     images: list[torch.Tensor | None] = [None] * len(batch)
     for i, img in zip(jpeg_slots, decoded):
         images[i] = img
