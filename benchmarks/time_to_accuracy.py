@@ -319,10 +319,15 @@ def plot(grouped: dict, rnd: list[dict], rates: dict, path: Path) -> None:
                 xs = [0.0] + [(rows[0]["sequences"] * scale if xkey == "sequences" else step / rates[variant] / 60)
                               for step, rows in pts]
                 ms = [(m, s)] + [mean_std(rows, metric) for _, rows in pts]  # every run starts at random init
-                seeds = max(len(rows) for _, rows in pts)
-                line, = ax.plot(xs, [a for a, _ in ms], marker="o", label=f"{LABELS[variant]} ({seeds} seed{'s' * (seeds > 1)})")
-                if seeds > 1:
-                    ax.fill_between(xs, [a - b for a, b in ms], [a + b for a, b in ms], color=line.get_color(), alpha=0.2)
+                ns = [len(rnd)] + [len(rows) for _, rows in pts]
+                seeds = max(ns[1:])
+                some = sum(n == seeds for n in ns[1:])
+                label = f"{LABELS[variant]} ({seeds} seed{'s' * (seeds > 1)}" + (
+                    f" at {some} of {len(pts)} points; hollow: 1 seed)" if some < len(pts) else ")")
+                line, = ax.plot(xs, [a for a, _ in ms], label=label)
+                for x, (a, b), n in zip(xs[1:], ms[1:], ns[1:]):  # error bars: ± sample std over the seeds there
+                    ax.errorbar(x, a, yerr=b if n > 1 else None, marker="o", color=line.get_color(), capsize=3,
+                                markerfacecolor=line.get_color() if n > 1 else "white")
             ax.set_xlabel(xlabel)
             ax.set_ylabel(f"{'converged linear probe' if metric == 'logreg' else 'k-NN (k=20)'} top-1 (%)")
             ax.set_title(f"CIFAR-10, ViT-Tiny/4: {metric}")

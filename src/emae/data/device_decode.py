@@ -103,7 +103,7 @@ def _decode_jpegs(datas: list[torch.Tensor], mode: ImageReadMode, device: torch.
                 out.append(decode_jpeg(data, mode=mode, device=device))
             except RuntimeError:
                 try:
-                    out.append(decode_image(data.cpu(), mode=mode).to(device))
+                    out.append(decode_image(data, mode=mode).to(device))
                 except RuntimeError:
                     out.append(None)
         return out
