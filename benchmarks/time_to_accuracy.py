@@ -331,8 +331,9 @@ def plot(grouped: dict, rnd: list[dict], rates: dict, path: Path) -> None:
             ax.set_xlabel(xlabel)
             ax.set_ylabel(f"{'converged linear probe' if metric == 'logreg' else 'k-NN (k=20)'} top-1 (%)")
             ax.set_title(f"CIFAR-10, ViT-Tiny/4: {metric}")
-            ax.legend(fontsize=7)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()  # one legend under the panels: it hides no curve
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(labels) // 3), 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     print(f"plot: {path}")
