@@ -9,7 +9,9 @@ its own steps, and writes ``--evals`` checkpoints along the way. Variants (one f
   emae          parallel mask (K = 4), self-consistency lambda = 1, B/K images per step
   emae_nocons   the parallel mask alone (consistency off)
   emae_l01      lambda = 0.1
-  emae_k2       mask ratio 0.5 (K = 2), B/2 images per step
+  emae_k2       mask ratio 0.5 (K = 2), B/2 images per step; no patch is masked in two parts, so the consistency
+                term is 0 and this is the parallel mask alone at K = 2 (compare emae_nocons); its sequences hold
+                twice the visible tokens, so a step costs more
   emae_img      B images per step (B x K sequences) at the same lr, for steps / K steps: the equal-batch setting
                 the paper would run, at equal total compute
   umae_vit      UM-MAE's uniform mask + secondary masking on the same ViT, B images per step

@@ -120,6 +120,21 @@ def test_consistency_only_on_patches_masked_in_both_parts():
     assert self_consistency(pred, m.mask, 4).item() > 0
 
 
+def test_two_parts_have_no_consistency_term_and_a_run_says_so(tmp_path, capsys):
+    m = parallel_mask(3, (4, 4), 0.5, generator=torch.Generator().manual_seed(1))
+    pred = torch.randn(6, 16, 3, requires_grad=True)  # any predictions at all: no patch is masked in both parts
+    loss = self_consistency(pred, m.mask, 2)
+    assert loss.item() == 0.0 and torch.autograd.grad(loss, pred)[0].abs().sum() == 0
+    write_images(tmp_path / "imgs", 4, size=16)
+    for ratio, warned in ((0.5, True), (0.75, False)):
+        cfg = tiny_config("method=emae", "mask.type=parallel", f"mask.ratio={ratio}", "train.max_steps=1",
+                          "train.batch_size=2", "data.num_workers=0", "train.num_vis=0",
+                          **{"data.path": str(tmp_path / "imgs"), "output_dir": str(tmp_path / f"run{ratio}")})
+        pretrain(cfg, progress=False)
+        out = capsys.readouterr()
+        assert ("consistency.weight=1 has no effect with K = 2 parts" in out.out + out.err) == warned
+
+
 def test_emae_trains_and_logs_terms(tmp_path):
     write_images(tmp_path / "data", 16, size=16)
     cfg = emae_config("train.epochs=2", "train.batch_size=4", "train.log_every=1", "consistency.distance=l2",

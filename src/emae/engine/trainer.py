@@ -21,7 +21,7 @@ from tqdm import tqdm
 from ..config import Config
 from ..data import close_loader, image_source, pretrain_loader
 from ..errors import CheckpointError, ConfigError, DataError
-from ..masks import sequences_per_image
+from ..masks import PARALLEL_MASKS, sequences_per_image
 from ..models import build_model
 from .atomic import check_writable, write_text_atomic
 from .checkpoint import (latest_valid_checkpoint, list_checkpoints, load_checkpoint, remove_temporaries, set_rng_state,
@@ -87,6 +87,15 @@ def warmup_notes(t, warmup_steps: float, total_steps: int) -> list[str]:
         notes.append(f"warmup: {warmup_steps:.0f} of {total_steps} steps ({100 * warmup_steps / total_steps:.0f}% of "
                      f"the run, train.warmup_epochs={t.warmup_epochs:g})")
     return notes
+
+
+def consistency_notes(cfg: Config, parts: int) -> list[str]:
+    """A warning when the self-consistency term is on but cannot act: it compares two parts' predictions on the
+    patches masked in both, and with K = 2 parts (mask ratio 0.5) every patch is visible in one of the two."""
+    if cfg.mask.type in PARALLEL_MASKS and cfg.consistency.enabled and cfg.consistency.weight and parts < 3:
+        return [f"warning: consistency.weight={cfg.consistency.weight:g} has no effect with K = {parts} parts "
+                f"(mask.ratio={cfg.mask.ratio:g}): no patch is masked in two parts, so the term is always 0"]
+    return []
 
 
 def _check_resume(cfg: Config, path: Path, ckpt: dict, world_size: int, force: bool) -> None:
@@ -251,5 +260,6 @@ def open_log(run: Run, stale: list[Path], init_info: dict) -> None:
     if main:
         print(start_line(cfg, out, len(run.source), run.steps_per_epoch, run.total_steps, global_batch, run.lr,
                          run.info.device), flush=True)
-        for line in warmup_notes(t, warmup_steps, run.total_steps) if run.resume_path is None else ():
+        notes = warmup_notes(t, warmup_steps, run.total_steps) + consistency_notes(cfg, per_image)
+        for line in notes if run.resume_path is None else ():
             run.bar.write(line)
