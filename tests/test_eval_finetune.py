@@ -6,7 +6,9 @@ import json
 import re
 
 import pytest
+import timm
 import torch
+from safetensors.torch import load_file
 
 import emae
 from emae.cli.main import main
@@ -62,13 +64,27 @@ def test_position_embedding_is_resampled_for_another_resolution():
     assert big.forward_features(torch.randn(1, 3, 24, 32)).shape == (1, 49, 32)
 
 
-def test_timm_vit_gives_the_emae_encoder_features(tmp_path):
-    ckpt = save_emae_checkpoint(tmp_path / "c.pt")
+@pytest.mark.parametrize("method", [[], ["method=umae", "mask.type=uniform"]], ids=["mae", "umae-vit"])
+def test_timm_vit_gives_the_emae_encoder_features(tmp_path, method):
+    ckpt = save_emae_checkpoint(tmp_path / "c.pt", *method)  # UM-MAE's ViT has a secondary-mask token too
     mae = emae.load(ckpt)
     vit = build_vit(read_checkpoint(ckpt)).eval()
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         assert (vit.forward_features(x) - mae.extract_features(x, pool="none")).abs().max() < 1e-5
+    assert main(["export", str(ckpt), "--to", "timm", "--output", str(tmp_path / "vit.safetensors")]) == 0
+    spec = json.loads((tmp_path / "vit.json").read_text())  # the side file, as a timm user loads it
+    timm_vit = timm.create_model(spec["model_name"], **spec["kwargs"]).eval()
+    missing, unexpected = timm_vit.load_state_dict(load_file(tmp_path / "vit.safetensors"), strict=False)
+    assert sorted(missing) == ["head.bias", "head.weight"] and not unexpected
+    with torch.no_grad():
+        assert torch.equal(timm_vit.forward_features(x), vit.forward_features(x))
+    transformers = pytest.importorskip("transformers")
+    assert main(["export", str(ckpt), "--to", "hf", "--output", str(tmp_path / "hf"), "--encoder-only"]) == 0
+    hf = transformers.ViTMAEModel.from_pretrained(tmp_path / "hf", mask_ratio=0.0).eval()
+    noise = torch.arange(16, dtype=torch.float).expand(2, -1)  # the identity order: every patch, in place
+    with torch.no_grad():
+        assert (hf(pixel_values=x, noise=noise).last_hidden_state - vit.forward_features(x)).abs().max() < 1e-5
 
 
 def test_cli_finetune_end_to_end(tmp_path, capsys):

@@ -17,6 +17,7 @@ import torch
 from ..config import Config, DataConfig, MaskConfig, ModelConfig
 from ..errors import CheckpointError, ConfigError, EmaeError
 from ..models import VIT_SIZES, MaskedAutoencoder, build_model
+from .official import PRETRAIN_ONLY
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -165,7 +166,8 @@ def to_hf(model: MaskedAutoencoder) -> ViTMAEForPreTraining:
     with torch.device("meta"):  # skip HF's random init; every tensor is assigned below
         hf = tf.ViTMAEForPreTraining(config)
     legacy = any(k.startswith("vit.encoder.layer.") for k in hf.state_dict())
-    sd = state_dict_to_hf(model.state_dict(), legacy)
+    # UM-MAE's ViT: the secondary-mask token only serves pre-training; the rest is MAE's model
+    sd = state_dict_to_hf({k: v for k, v in model.state_dict().items() if k not in PRETRAIN_ONLY}, legacy)
     sd = {k: v.detach().to(device, torch.float32, copy=True) for k, v in sd.items()}
     hf.load_state_dict(sd, strict=True, assign=True)
     if any(t.is_meta for t in [*hf.parameters(), *hf.buffers()]):  # a buffer outside the state dict: build for real

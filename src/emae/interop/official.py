@@ -83,6 +83,9 @@ def to_official(sd: State) -> State:
     return out
 
 
+PRETRAIN_ONLY = ("encoder.mask_token",)  # UM-MAE's secondary-mask token on ViT: no use once pre-training ends
+
+
 def encoder_state(sd: State) -> State:
-    """The ``encoder.*`` part of an emae state dict, in timm names."""
-    return {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
+    """The ``encoder.*`` part of an emae state dict, in timm names, without pre-training-only tensors."""
+    return {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.") and k not in PRETRAIN_ONLY}
