@@ -65,7 +65,8 @@ def torchrun(*args: str, script: list[str] | None = None) -> str:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            *(script or ["-m", "emae.cli.main"]), "pretrain", "--no-progress", *args]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    errors = [x for x in r.stderr.splitlines() if "error:" in x]  # each rank's one line, ahead of the tracebacks
+    assert r.returncode == 0, "\n".join(errors) + "\n" + r.stdout[-2000:] + r.stderr[-4000:]
     return r.stdout
 
 
@@ -276,7 +277,9 @@ def test_rank_batches_interleave_into_the_one_process_batch(world):
 @needs_gloo
 @pytest.mark.slow
 def test_collectives_agree_across_ranks(runs):
-    """What every rank must decide alike (the NaN guard's skip, a stop on SIGTERM) comes out the same on all; the
-    FSDP run joined the group its launcher started and left it running."""
+    """What every rank must decide alike (the NaN guard's skip, a stop on SIGTERM, rank 0's check of the run folder
+    and its errors) comes out the same on all; the FSDP run joined the group its launcher started and left it running."""
     got = [json.loads((runs["root"] / f"collectives/rank{r}.json").read_text()) for r in (0, 1)]
-    assert got == [[True, False, 0.5, "rank0", True, True], [True, False, 0.5, "rank0", False, True]]
+    both = ["answer of rank0", "refused by rank0"]
+    assert got == [[True, False, 0.5, "rank0", True, *both, [0], True],
+                   [True, False, 0.5, "rank0", False, *both, [], True]]

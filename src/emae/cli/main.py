@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 
 from ..engine.atomic import OUTPUT_ERRNOS
+from ..engine.distributed import ended_group
 from ..errors import EmaeError
 from . import consistency, data, export, finetune, knn, linprobe, plot, pretrain, shards, visualize
 
@@ -70,5 +72,18 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The ``emae`` command: :func:`main`, then exit with its code. After a distributed run that started and ended
+    its own process group, it exits without interpreter teardown: with torch 2.14's gloo, one rank in about ten
+    aborted there ("terminate called without an active exception") after the run had finished and written
+    everything, and torchrun then reported the whole launch as failed."""
+    code = main()
+    if ended_group():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

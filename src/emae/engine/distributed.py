@@ -7,6 +7,7 @@ training loop calls them unconditionally.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import re
 import warnings
@@ -17,7 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..config import TrainConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, EmaeError
 from ..masks import Mask
 
 
@@ -113,12 +114,25 @@ def init_distributed(t: TrainConfig, device: torch.device) -> DistInfo:
     return DistInfo(dist.get_rank(), local_rank, dist.get_world_size(), device, mode, owns)
 
 
+_ENDED = False  # this process ended a group it had started
+
+
 def cleanup(info: DistInfo, wait: bool = False) -> None:
-    """End the group this process started; ``wait``: after every rank has got here."""
+    """End the group this process started; ``wait``: after every rank has got here. The finished run's wrapped
+    model (FSDP's DTensors and device mesh hold the group, in reference cycles) is collected first, while the group
+    still works, rather than at interpreter exit."""
+    global _ENDED
     if info.owns_group and dist.is_initialized():
+        gc.collect()
         if wait:
             dist.barrier()
         dist.destroy_process_group()
+        _ENDED = True
+
+
+def ended_group() -> bool:
+    """Whether this process started and then ended a process group (the CLI then exits without teardown)."""
+    return _ENDED
 
 
 def _on() -> bool:
@@ -164,6 +178,25 @@ def broadcast_object(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def on_main(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` run by rank 0 alone, its result given to every rank. For checks that touch shared
+    files (two ranks probing one new folder remove it under each other). An :class:`EmaeError` raised there is
+    raised on every rank with the same message, so no rank waits for a peer that has already left."""
+    if not _on():
+        return fn(*args, **kwargs)
+    box = [(None, None)]
+    if dist.get_rank() == 0:
+        try:
+            box = [(fn(*args, **kwargs), None)]
+        except EmaeError as e:
+            box = [(None, e)]
+    dist.broadcast_object_list(box, src=0)
+    result, error = box[0]
+    if error is not None:
+        raise error
+    return result
 
 
 # ---------------------------------------------------------------- masks: one global draw, sliced per rank

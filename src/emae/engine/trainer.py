@@ -27,7 +27,7 @@ from .atomic import check_writable, write_text_atomic
 from .checkpoint import (latest_valid_checkpoint, list_checkpoints, load_checkpoint, remove_temporaries, set_rng_state,
                          state_mismatch)
 from .device import resolve_device, seed_everything
-from .distributed import DistInfo, any_rank, barrier, broadcast_object, cleanup, init_distributed
+from .distributed import DistInfo, any_rank, cleanup, init_distributed, on_main
 from .distributed import grad_scaler, is_main, wrap_model
 from .guard import NonFiniteGuard
 from .loop import finish, train
@@ -135,9 +135,8 @@ def _pretrain(cfg: Config, info: DistInfo, resume: str | None, overwrite: bool, 
               init: str | None, timer: StepTimer | None, signals: StopSignals, closing: ExitStack, trust: bool,
               force_config: bool) -> RunResult:
     require_trackers(cfg.train.tensorboard, cfg.train.wandb)  # a missing package: one line before any work
-    out, resume_path, stale = broadcast_object(  # rank 0's folder
-        prepare_output_dir(cfg, resume, overwrite, trust, force_config, info.world_size))
-    barrier()  # every rank has checked the folder before rank 0 writes into it
+    out, resume_path, stale = on_main(  # rank 0 checks the folder and the checkpoint; every rank gets its answer
+        prepare_output_dir, cfg, resume, overwrite, trust, force_config, info.world_size)
     cfg.output_dir = str(out)
     ckpt = load_checkpoint(resume_path, map_location=info.device, trust=trust) if resume_path is not None else None
     run, init_info = set_up(cfg, info, out, resume_path, ckpt, init, timer, progress, closing, trust)
