@@ -25,7 +25,10 @@ A run is named VARIANT-sSEED (mae-s0). Phases, each resumable:
   calibrate  time each variant's step back to back (steps/s), for the wall-clock axis (OUT/rates.json)
   consistency  prediction consistency of the named runs' last checkpoints (reconstruction error beside it)
   finetune   fine-tune the final checkpoints of the named runs and random init (short-budget recipe), per seed
-  report     the table, the ratio "EMAE's time to MAE's final accuracy / MAE's time", and the plot
+  report     the table, the ratio "EMAE's time to MAE's final accuracy / MAE's time", and the plot; needs only
+             OUT's JSON files (eval.json records each checkpoint's compute), so copy them into the repo to keep a
+             study (benchmarks/results/). --earlier FILE draws an earlier study's table dotted beside this one and
+             takes MAE's per-seed finals from it when OUT has no MAE run (benchmarks/results/study_2026-11-30.json)
 
     python benchmarks/time_to_accuracy.py --phase pretrain --runs mae-s0 emae-s0
     python benchmarks/time_to_accuracy.py --phase eval
@@ -134,7 +137,7 @@ def eval_phase(args: argparse.Namespace, root: Path) -> None:
             key = f"{run}/{path.name}"
             if key not in done:
                 step = load_checkpoint(path)["global_step"]
-                save(key, {"step": step, **ev.checkpoint(path)})
+                save(key, {"step": step, "sequences": step * sequences_per_step(root / run), **ev.checkpoint(path)})
 
 
 def consistency_phase(args: argparse.Namespace, root: Path) -> None:
@@ -191,6 +194,12 @@ def finetune_phase(args: argparse.Namespace, root: Path) -> None:
 # ---------------------------------------------------------------- report
 
 
+def sequences_per_step(run: Path) -> int:
+    """Encoder sequences one optimiser step of a run encodes (its log's start record)."""
+    start = next(x for x in read_log(run / "log.jsonl") if x["type"] == "start")
+    return start.get("sequences_per_step") or start["global_batch"] * VARIANTS[split_name(run.name)[0]]["parts"]
+
+
 def curves(root: Path, done: dict) -> dict[str, list[dict]]:
     """Per run: its evaluated checkpoints in step order, with the compute axis (encoder sequences seen)."""
     out: dict[str, list[dict]] = {}
@@ -198,9 +207,8 @@ def curves(root: Path, done: dict) -> dict[str, list[dict]]:
         if "/" not in key:
             continue
         run = key.split("/")[0]
-        start = next(x for x in read_log(root / run / "log.jsonl") if x["type"] == "start")
-        per_step = start.get("sequences_per_step") or start["global_batch"] * VARIANTS[split_name(run)[0]]["parts"]
-        out.setdefault(run, []).append({**r, "sequences": r["step"] * per_step})
+        seqs = r["sequences"] if "sequences" in r else r["step"] * sequences_per_step(root / run)
+        out.setdefault(run, []).append({**r, "sequences": seqs})
     return {run: sorted(rows, key=lambda x: x["step"]) for run, rows in out.items()}
 
 
@@ -226,13 +234,15 @@ def time_to_reach(points: list[tuple[float, float]], target: float) -> float | N
     return None
 
 
-def ratios(runs: dict[str, list[dict]], metric: str, variant: str, start: float, rates: dict) -> list[str]:
+def ratios(runs: dict[str, list[dict]], metric: str, variant: str, start: float, rates: dict,
+           earlier: dict | None = None) -> list[str]:
     """Per seed s: (sequences variant-sS needs to reach mae-sS's final accuracy) / (mae-sS's sequences), each curve
-    starting from the random-init mean ``start`` at 0; with calibrated step rates, the same in wall-clock time."""
+    starting from the random-init mean ``start`` at 0; with calibrated step rates, the same in wall-clock time.
+    Without mae-sS here, mae-sS's final from ``earlier`` (an earlier study's record, --earlier)."""
     out = []
     for run, rows in sorted(runs.items()):
         v, seed = split_name(run)
-        mae = runs.get(f"mae-s{seed}")
+        mae = runs.get(f"mae-s{seed}") or (earlier or {}).get("mae_finals", {}).get(f"s{seed}")
         if v != variant or not mae:
             continue
         target, budget = mae[-1][metric], mae[-1]["sequences"]
@@ -254,6 +264,7 @@ def ratios(runs: dict[str, list[dict]], metric: str, variant: str, start: float,
 def report_phase(args: argparse.Namespace, root: Path) -> None:
     done = json.loads((root / "eval.json").read_text())
     rates = json.loads((root / "rates.json").read_text()) if (root / "rates.json").exists() else {}
+    earlier = json.loads(Path(args.earlier).read_text()) if args.earlier else None
     runs = curves(root, done)
     grouped = by_variant(runs)
     rnd = [v for k, v in done.items() if k.startswith("random-s")]
@@ -268,10 +279,12 @@ def report_phase(args: argparse.Namespace, root: Path) -> None:
             line = " | ".join(cell(rows, k) for k in METRICS)
             print(f"| {variant} | {len(rows)} | {step} | {rows[0]['sequences'] / 1e6:.3f} | {line} |")
     print()
+    if earlier and "mae" not in grouped:
+        print(f"MAE is not in {root}: its per-seed finals come from {earlier['label']} ({args.earlier})")
     for metric in METRICS:
         for variant in grouped:
             if variant != "mae":
-                r = ratios(runs, metric, variant, mean_std(rnd, metric)[0], rates)
+                r = ratios(runs, metric, variant, mean_std(rnd, metric)[0], rates, earlier)
                 if r:
                     print(f"ratio {metric} {variant}: sequences to MAE's final / MAE's sequences: {'; '.join(r)}")
     if (root / "consistency.json").exists():
@@ -285,7 +298,7 @@ def report_phase(args: argparse.Namespace, root: Path) -> None:
         print("\nfine-tune top-1 (" + ", ".join(f"{n}: {mean_std([v for k, v in ft.items() if k.startswith(n + '/')], 'top1')[0]:.2f}"
                                                f" ± {mean_std([v for k, v in ft.items() if k.startswith(n + '/')], 'top1')[1]:.2f}"
                                                for n in names) + ")")
-    plot(grouped, rnd, rates, Path(args.plot))
+    plot(grouped, rnd, rates, Path(args.plot), earlier)
 
 
 def mean_std(rows: list[dict], key: str) -> tuple[float, float]:
@@ -299,7 +312,7 @@ def cell(rows: list[dict], key: str) -> str:
     return f"{m:.2f} ± {s:.2f}" if len(rows) > 1 else f"{m:.2f}"
 
 
-def plot(grouped: dict, rnd: list[dict], rates: dict, path: Path) -> None:
+def plot(grouped: dict, rnd: list[dict], rates: dict, path: Path, earlier: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -309,11 +322,13 @@ def plot(grouped: dict, rnd: list[dict], rates: dict, path: Path) -> None:
     if rates:
         axes_x.append(("minutes", "pre-training time (min, 1 CPU thread, calibrated)", 1.0))
     fig, axes = plt.subplots(len(axes_x), 2, figsize=(12, 4.2 * len(axes_x)), squeeze=False)
+    names = list(grouped) + [v for v in (earlier or {}).get("curves", {}) if v not in grouped]
+    colors = {v: f"C{i}" for i, v in enumerate(names)}  # one colour per variant: this study solid, earlier dotted
     for row, (xkey, xlabel, scale) in zip(axes, axes_x):
         for ax, metric in zip(row, ("logreg", "knn")):
             m, s = mean_std(rnd, metric)
             ax.axhspan(m - s, m + s, color="grey", alpha=0.25)
-            ax.axhline(m, color="grey", linestyle="--", label=f"random init ({len(rnd)} seeds)")
+            ax.axhline(m, color="grey", linestyle="--", label=f"random init ({len(rnd)} seed{'s' * (len(rnd) > 1)})")
             for variant, steps in grouped.items():
                 if xkey == "minutes" and variant not in rates:
                     continue
@@ -324,18 +339,29 @@ def plot(grouped: dict, rnd: list[dict], rates: dict, path: Path) -> None:
                 ns = [len(rnd)] + [len(rows) for _, rows in pts]
                 seeds = max(ns[1:])
                 some = sum(n == seeds for n in ns[1:])
-                label = f"{LABELS[variant]} ({seeds} seed{'s' * (seeds > 1)}" + (
+                label = f"{LABELS[variant]}, {pts[-1][0]} steps ({seeds} seed{'s' * (seeds > 1)}" + (
                     f" at {some} of {len(pts)} points; hollow: 1 seed)" if some < len(pts) else ")")
-                line, = ax.plot(xs, [a for a, _ in ms], label=label)
+                line, = ax.plot(xs, [a for a, _ in ms], label=label, color=colors[variant])
                 for x, (a, b), n in zip(xs[1:], ms[1:], ns[1:]):  # error bars: ± sample std over the seeds there
                     ax.errorbar(x, a, yerr=b if n > 1 else None, marker="o", color=line.get_color(), capsize=3,
                                 markerfacecolor=line.get_color() if n > 1 else "white")
+            for variant, pts in (earlier or {}).get("curves", {}).items():  # dotted: an earlier study's table
+                rel = earlier.get("rates_x_mae", {}).get(variant)  # its step rates, as multiples of MAE's
+                if xkey == "minutes" and (rel is None or "mae" not in rates):
+                    continue
+                xs = [0.0] + [p["sequences"] * scale if xkey == "sequences" else
+                              p["step"] / (rel * rates["mae"]) / 60 for p in pts]
+                ys = [m] + [p[metric][0] for p in pts]
+                n = sorted({p["seeds"] for p in pts})
+                ax.plot(xs, ys, linestyle=":", marker=".", color=colors[variant], label=f"{LABELS[variant]}, "
+                        f"{pts[-1]['step']} steps, {earlier['label']} ({'-'.join(map(str, n))} seed{'s' * (n[-1] > 1)})")
             ax.set_xlabel(xlabel)
             ax.set_ylabel(f"{'converged linear probe' if metric == 'logreg' else 'k-NN (k=20)'} top-1 (%)")
             ax.set_title(f"CIFAR-10, ViT-Tiny/4: {metric}")
     handles, labels = axes[0][0].get_legend_handles_labels()  # one legend under the panels: it hides no curve
-    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(labels) // 3), 1, 1))
+    cols = 3 if earlier is None else 2  # an earlier study's labels are longer
+    fig.legend(handles, labels, loc="lower center", ncol=cols, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(labels) // cols), 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     print(f"plot: {path}")
@@ -362,6 +388,9 @@ def main() -> None:
     p.add_argument("--calibrate-steps", type=int, default=6)
     p.add_argument("--calibrate-rounds", type=int, default=3)
     p.add_argument("--plot", default="docs/time_to_accuracy.png")
+    p.add_argument("--earlier", default=None,
+                   help="report: an earlier study's record (JSON: its curves, MAE's per-seed finals, step rates), "
+                        "drawn dotted and used for the ratios of runs whose MAE is not in --out")
     p.add_argument("override", nargs="*", help="extra config overrides for every run, e.g. consistency.distance=l2")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
