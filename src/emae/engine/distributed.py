@@ -171,15 +171,6 @@ def any_rank(flag: bool) -> bool:
     return bool(y.item())
 
 
-def broadcast_object(obj):
-    """Rank 0's ``obj`` on every rank."""
-    if not _on():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def on_main(fn, *args, **kwargs):
     """``fn(*args, **kwargs)`` run by rank 0 alone, its result given to every rank. For checks that touch shared
     files (two ranks probing one new folder remove it under each other). An :class:`EmaeError` raised there is
