@@ -91,6 +91,17 @@ class PyramidClassifier(nn.Module):
     def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
         return self.encoder(imgs)
 
+    def forward_intermediates(self, imgs: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """The encoder's stage outputs (:meth:`PyramidEncoder.forward_intermediates`), for dense heads."""
+        return self.encoder.forward_intermediates(imgs, indices, norm, output_fmt, intermediates_only)
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new head for ``num_classes`` (0: none, pre-logits out); pooling is always the global average."""
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"global_pool: {global_pool!r}; a pyramid classifier pools by global average ('avg')")
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.fc_norm(x.mean(dim=(1, 2)))
         return x if pre_logits else self.head(x)

@@ -117,6 +117,35 @@ class PyramidEncoder(nn.Module):
             tokens = torch.where(hide, self.hidden_token().to(tokens.dtype), tokens)
         return self.run_stages(self.add_positions(tokens, coords), coords)
 
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """timm's contract for dense heads, on the regular grid (no masking): the outputs of the stages ``indices``
+        (an int: the last n; None: all 4) as (B, C_i, H / s_i, W / s_i) maps (``output_fmt`` "NHWC": as they are),
+        strides ``s_i`` = stem stride x 2^i; ``norm`` puts the final norm on the last stage's. With
+        ``intermediates_only`` False, also the final (normalised) last-stage tokens, as ``forward_features``."""
+        from timm.models._features import feature_take_indices
+
+        take, last = feature_take_indices(len(self.stages), indices)
+        tokens = self.stem(x)
+        coords = grid_coords(1, tokens.shape[1], tokens.shape[2], x.device)
+        x = self.add_positions(tokens, coords)
+        out = []
+        for i, stage in enumerate(self.stages):
+            x, coords = stage(x, coords)
+            if i in take:
+                y = self.norm(x) if norm and i == len(self.stages) - 1 else x
+                out.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else y)
+        return out if intermediates_only else (self.norm(x), out)
+
+    @property
+    def feature_strides(self) -> list[int]:
+        """Pixels per token of each stage's output."""
+        return [self.stride * 2**i for i in range(len(self.stages))]
+
+    @property
+    def feature_dims(self) -> list[int]:
+        return [stage.blocks[0].norm1.normalized_shape[0] for stage in self.stages]
+
     def encode_masked(self, imgs: torch.Tensor, mask: Mask) -> torch.Tensor:
         """The masked-modelling forward: UM-MAE's compact grid (secondary-masked tokens hidden), or SimMIM's full
         grid with every removed (and, for uniform masks, secondary-masked) token hidden."""

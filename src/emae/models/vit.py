@@ -105,6 +105,25 @@ class ViTEncoder(nn.Module):
         """All tokens, no masking: (B, 1 + L, D)."""
         return self.forward(imgs)
 
+    def forward_intermediates(self, imgs: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """timm's contract for dense heads: the patch tokens after the blocks ``indices`` (an int: the last n; None:
+        all) as (B, D, H / p, W / p) maps (``output_fmt`` "NLC": (B, L, D)), the final norm on each with ``norm``;
+        with ``intermediates_only`` False, also the final normalised tokens (B, 1 + L, D), cls first."""
+        from timm.models._features import feature_take_indices
+
+        take, _ = feature_take_indices(len(self.blocks), indices)
+        x = self.embed(imgs)
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        out = []
+        for i, blk in enumerate(self.blocks):
+            x = blk(x)
+            if i in take:
+                y = (self.norm(x) if norm else x)[:, 1:]
+                out.append(y.transpose(1, 2).reshape(y.shape[0], -1, *self.grid) if output_fmt == "NCHW" else y)
+        return out if intermediates_only else (self.norm(x), out)
+
     @torch.no_grad()
     def extract_features(self, imgs: torch.Tensor, pool: str = "cls") -> torch.Tensor:
         """As :meth:`MaskedAutoencoder.extract_features`: 'cls', 'mean' (patch tokens) or 'none' (all tokens)."""
@@ -134,6 +153,4 @@ class UMViTEncoder(ViTEncoder):
         x = x + self.pos_embed[0, 1:][mask.ids_keep]  # each token's true position
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)
-        for blk in self.blocks:
-            x = blk(x)
-        return self.norm(x)
+        return self.norm(run_blocks(self.blocks, x, self.grad_checkpointing))
