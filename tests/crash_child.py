@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-import emae.engine.loop as loop
+import emae.engine.trainer as loop
 from emae.cli.main import main
 from emae.engine import log
 from emae.errors import ConfigError

@@ -1,5 +1,7 @@
 """Config loading: recipes, overrides, one-line errors for unknown keys and bad values."""
 
+import functools
+
 import pytest
 
 from emae.config import Config, all_keys, load_config, resolve_recipe
@@ -50,14 +52,15 @@ def test_unknown_key_in_file_and_missing_file(tmp_path):
         load_config(str(f))
 
 
+def get(cfg, key):
+    return functools.reduce(getattr, key.split("."), cfg)
+
+
 def test_every_key_is_overridable():
     for key in all_keys():
-        section, _, name = key.rpartition(".")
-        obj = load_config()
-        value = getattr(getattr(obj, section) if section else obj, name)
+        value = get(load_config(), key)
         text = "null" if value is None else str(value).replace("'", "")
-        cfg = load_config(None, [f"{key}={text}"])
-        assert getattr(getattr(cfg, section) if section else cfg, name) == value, key
+        assert get(load_config(None, [f"{key}={text}"]), key) == value, key
 
 
 def test_exponent_floats_without_a_dot():

@@ -139,9 +139,9 @@ def test_run_outputs_and_checkpoint_contents(folder, tmp_path):
     result = run(folder, tmp_path, "train.save_every=1", "train.log_every=1")
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-00000010.pt", "checkpoint-00000005.pt"]
     ckpt = load_checkpoint(result.checkpoint)
-    assert ckpt["version"] == 2 and ckpt["method"] == "mae" and ckpt["config"]["train"]["epochs"] == 2
-    assert ckpt["world_size"] == 1
-    assert {"model", "optimizer", "scheduler", "scaler", "rng", "epoch", "global_step"} <= ckpt.keys()
+    assert ckpt["version"] == 3 and ckpt["command"] == "pretrain" and ckpt["method"] == "mae"
+    assert ckpt["config"]["train"]["epochs"] == 2 and ckpt["world_size"] == 1
+    assert {"model", "optimizer", "scaler", "rng", "epoch", "batch_in_epoch", "global_step", "guard"} <= ckpt.keys()
     assert (tmp_path / "reconstruction.png").stat().st_size > 0
     records = read_log(tmp_path / "log.jsonl")
     assert [r["type"] for r in records][0] == "start" and records[-1]["type"] == "end"
@@ -193,8 +193,12 @@ def test_max_steps_sets_the_schedule_length(folder, tmp_path):
     result = run(folder, tmp_path, "train.max_steps=7", "train.save_every_steps=3", "train.log_every=1")
     assert result.global_step == 7
     assert [p.name for p in list_checkpoints(tmp_path)] == [f"checkpoint-{s:08d}.pt" for s in (7, 6, 5, 3)]
-    lrs = [r["lr"] for r in read_log(tmp_path / "log.jsonl") if r["type"] == "train"]
-    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)  # the cosine reaches its end at max_steps
+    records = read_log(tmp_path / "log.jsonl")
+    lrs = [r["lr"] for r in records if r["type"] == "train"]
+    peak = records[0]["lr"]
+    # each record gives the lr its step used (steps 0..6); the cosine over 7 steps after 2.5 of warmup
+    assert lrs == pytest.approx([peak * warmup_cosine(s, 2.5, 7) for s in range(7)], rel=1e-12)
+    assert warmup_cosine(7, 2.5, 7) == 0.0  # ... and reaches its end at max_steps
 
 
 def test_remove_temporaries_takes_unfinished_plain_and_sharded_writes(tmp_path):

@@ -141,3 +141,43 @@ def check_sr_ratios(srs: list[int], grids: list[tuple[int, int]]) -> None:
     if len(srs) != NUM_STAGES or any(r < 1 or gh % r or gw % r for r, (gh, gw) in zip(srs, grids)):
         raise ConfigError(f"model.sr_ratios: {srs} is not allowed; give 4 ratios that divide the stage grids "
                           f"{[f'{a}x{b}' for a, b in grids]}")
+
+
+def check_model(m: ModelLike, compact: bool) -> None:
+    """The encoder geometry a config asks for, checked where the size tables are (one-line ConfigErrors): a ViT's
+    heads divide its width; a pyramid's stages, windows and reduction ratios fit its token grids (``compact``: the
+    half-size grid of UM-MAE pre-training)."""
+    fam = family(m.arch)
+    if fam == "vit":
+        width, _, heads = encoder_dims(m)
+        if width % heads:
+            raise ConfigError(f"model.num_heads: {heads} is not allowed; must divide the encoder width {width}")
+        if width % 4:
+            raise ConfigError(f"model.embed_dim: {width} is not allowed; the sin-cos positions need a multiple of 4")
+        for key, what in (("depths", "is for pyramid encoders; a ViT takes model.depth"),
+                          ("sr_ratios", "is for PVT encoders")):
+            if getattr(m, key) is not None:
+                raise ConfigError(f"model.{key}: {getattr(m, key)!r} is not allowed; {what}")
+        return
+    stem_stride(m.patch_size)
+    if m.depth is not None:
+        raise ConfigError(f"model.depth: {m.depth} is for ViTs; a pyramid encoder takes model.depths (4 stages)")
+    if m.sr_ratios is not None and fam != "pvt":
+        raise ConfigError(f"model.sr_ratios: {m.sr_ratios} is for PVT encoders, not {m.arch}")
+    dims, depths, heads = pyramid_dims(m)
+    if len(depths) != NUM_STAGES or min(depths) < 1:
+        raise ConfigError(f"model.depths: {m.depths!r} is not allowed; give 4 positive block counts, one per stage")
+    for d, h in zip(dims, heads):
+        if h < 1 or d % h:
+            raise ConfigError(f"model.embed_dim: stage width {d} is not divisible by its heads {h} (model.num_heads)")
+    grid = (m.image_size[0] // m.patch_size, m.image_size[1] // m.patch_size)
+    base = (grid[0] // 2, grid[1] // 2) if compact else grid
+    if base[0] % 2 or base[1] % 2 or min(base) < 2:
+        what = "compact grid (half the token grid)" if compact else "token grid"
+        raise ConfigError(f"model.img_size: {m.image_size[0]}x{m.image_size[1]} gives a {what} of {base[0]}x{base[1]}; "
+                          f"the last stage (stride 2 x model.patch_size on it) needs both sides even")
+    grids = stage_grids(grid, compact)
+    if fam == "swin":
+        stage_windows(grids, m.window_size)
+    else:
+        check_sr_ratios(sr_ratios(m, compact), grids)

@@ -48,7 +48,7 @@ def final_finetune_state(folder: Path) -> dict[str, torch.Tensor]:
     """The fine-tuned model's parameters after its last step: the run's last checkpoint."""
     from emae.engine import list_checkpoints
 
-    return torch.load(list_checkpoints(folder)[-1], weights_only=True)["model"]
+    return torch.load(list_checkpoints(folder)[0], weights_only=True)["model"]  # newest first
 
 
 def run_all(root: Path) -> dict[str, dict]:

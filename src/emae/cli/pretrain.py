@@ -40,6 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force-config", action="store_true",
                    help="resume even though key=value / --config change keys a resumed run keeps (listed loudly)")
     p.add_argument("--overwrite", action="store_true", help="start over in an --output folder that holds a run")
+    p.add_argument("--monitor-data", metavar="DIR", help="held-out images for the pre-training monitor "
+                   "(train.monitor.data): online k-NN (with class folders), RankMe and masked reconstruction loss "
+                   "every train.monitor.every steps (0: every epoch)")
     p.add_argument("--init", metavar="PATH", help="start from these weights (emae, official MAE full or encoder-only "
                    ".pth, timm, safetensors, Hugging Face); fresh optimiser and schedule")
     p.add_argument("--method", choices=["mae", "emae", "umae", "simmim"],
@@ -54,8 +57,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def initialiser(args: argparse.Namespace):
+    """``--init``: the weights to start from, read by the interop layer (the engine takes a function)."""
+    if args.init is None:
+        return None
+    from functools import partial
+
+    from ..interop.load import init_from
+
+    return partial(init_from, path=args.init, trust=args.trust_checkpoint)
+
+
 def run(args: argparse.Namespace) -> int:
-    flags = {"data.path": args.data, "output_dir": args.output, "method": args.method}
+    flags = {"data.path": args.data, "output_dir": args.output, "method": args.method,
+             "train.monitor.data": args.monitor_data}
     if args.method:
         flags["mask.type"] = {"emae": "parallel", "umae": "uniform"}.get(args.method, "random")
     if args.benchmark is not None:
@@ -69,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.config, args.overrides, **flags)
     result = pretrain(cfg, resume=resume or args.resume, overwrite=args.overwrite, progress=not args.no_progress,
-                      init=args.init, trust=args.trust_checkpoint, force_config=args.force_config)
+                      init=initialiser(args), trust=args.trust_checkpoint, force_config=args.force_config)
     if not is_main():  # one line per run, not per process
         return 0
     if result.signal:  # SIGTERM / SIGINT: a clean, resumable stop
@@ -131,11 +146,11 @@ def benchmark(cfg, args: argparse.Namespace) -> int:
     t = cfg.train
     t.max_steps = args.benchmark + args.benchmark_warmup
     t.save_every, t.save_every_steps, t.stop_after_steps, t.num_vis = 10**9, 0, None, 0
-    timer = StepTimer(warmup=args.benchmark_warmup)
+    timer = StepTimer(cfg, warmup=args.benchmark_warmup)
     with tempfile.TemporaryDirectory(prefix="emae-benchmark-") as tmp:
         cfg.output_dir = tmp
-        result = pretrain(cfg, progress=not args.no_progress, init=args.init, timer=timer)
+        pretrain(cfg, progress=not args.no_progress, init=initialiser(args), hooks=[timer])
     if is_main():
-        print(format_report(result.benchmark))
-        print(json.dumps(result.benchmark))
+        print(format_report(timer.result))
+        print(json.dumps(timer.result))
     return 0

@@ -1,12 +1,14 @@
-"""One checkpoint format for every method: a versioned dict, written atomically.
+"""One checkpoint format for every command that trains: a versioned dict, written atomically.
 
-A checkpoint holds ``format``, ``version``, ``method``, ``config`` (the full run config as a dict), ``model``,
-and for training state ``optimizer``, ``scheduler``, ``scaler``, ``rng``, ``epoch``, ``batch_in_epoch``
-(micro-batches of ``epoch`` already done), ``global_step`` (optimiser steps) and ``world_size``.
+A checkpoint holds ``format``, ``version``, ``command`` (pretrain, finetune, linprobe, segment), ``config`` (the
+command's full config as a dict), ``model``, and for training state ``optimizer``, ``scaler``, ``rng``, ``epoch``,
+``batch_in_epoch`` (micro-batches of ``epoch`` already done), ``global_step`` (optimiser steps), ``world_size`` and
+the loop's hooks' states (``guard``, ...); pre-training's also ``method`` (:mod:`emae.engine.checkpointing`).
 
 Version 2 stores the numpy RNG state as a tensor, so a checkpoint holds nothing but tensors and plain Python values
 and loads with ``torch.load(weights_only=True)`` (:mod:`emae.engine.safe_load`); version 1 files (a numpy array
-there) still load safely.
+there) still load safely. Version 3 (the one loop of every command) adds ``command`` (pretrain when absent) and
+drops the scheduler's state (the schedule is a function of the step); version 1 and 2 files resume as before.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from .safe_load import torch_load
 from .sharded import load_meta, load_sharded
 
 FORMAT = "emae-checkpoint"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 NAME_RE = re.compile(r"checkpoint-(\d+)\.(?:pt|dcp)$")  # .dcp: a sharded (FSDP) checkpoint folder
 
 
@@ -106,7 +108,9 @@ def previous_checkpoint_note(path: Path) -> str:
     return f"the previous checkpoint {older[0]} is intact" if older else "no earlier checkpoint was written"
 
 
-def rng_state(mask_generator: torch.Generator | None = None) -> dict:
+def rng_state(**generators: torch.Generator) -> dict:
+    """torch's, Python's, numpy's (and CUDA's) global RNG states, and those of a command's own ``generators``
+    (pre-training: ``mask``), by name."""
     kind, key, pos, has_gauss, gauss = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
@@ -117,12 +121,12 @@ def rng_state(mask_generator: torch.Generator | None = None) -> dict:
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
-    if mask_generator is not None:
-        state["mask"] = mask_generator.get_state()
+    for name, gen in generators.items():
+        state[name] = gen.get_state()
     return state
 
 
-def set_rng_state(state: dict, mask_generator: torch.Generator | None = None) -> None:
+def set_rng_state(state: dict, **generators: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     npy = state["numpy"]
@@ -131,8 +135,9 @@ def set_rng_state(state: dict, mask_generator: torch.Generator | None = None) ->
     np.random.set_state(npy)
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-    if mask_generator is not None and "mask" in state:
-        mask_generator.set_state(state["mask"])
+    for name, gen in generators.items():
+        if name in state:
+            gen.set_state(state[name])
 
 
 def state_mismatch(model: torch.nn.Module, ckpt: dict, exc: Exception) -> str:

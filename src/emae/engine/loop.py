@@ -1,202 +1,191 @@
-"""The training loop's phases: epochs of steps, log lines, checkpoints, the picture and the end of a run."""
+"""The one training loop of every command (pretrain, finetune, the ``mae`` linear probe, segment).
+
+:func:`fit` runs epochs of micro-batches: forward and backward of each (the command's ``step_loss``), an optimiser
+step every ``train.accum_iter`` of them, the lr schedule, and calls to its hooks at fixed places. Everything
+optional (the non-finite guard, signals, checkpoints, log lines and trackers, the progress bar, timing, the
+monitor, evaluation) is a :class:`Hook`; the loop itself reads top to bottom::
+
+    for each epoch:                            sampler.set_epoch(epoch, batch)
+        for each micro-batch:                  [before_step]  forward, backward
+            every accum_iter micro-batches:    [skip_update]  update (or skip), schedule  [after_step]
+            stop when a hook asks or the run is done
+        [after_epoch]
+    [on_end]
+
+A run's position (epoch, micro-batch in the epoch, optimiser step) is :class:`Position`, which checkpoints keep;
+with a sampler that can start mid-epoch and per-sample seeded data, a resumed run repeats the same steps exactly.
+"""
 
 from __future__ import annotations
 
-import warnings
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
+from torch import nn
 
-from ..data import batch_to_device
-from ..errors import TrainingError
-from ..viz import reconstruction_image
-from .checkpoint import FORMAT, FORMAT_VERSION, checkpoint_name, prune_checkpoints, rng_state, write_checkpoint
 from .device import autocast
-from .distributed import any_rank, barrier, grad_sync, mask_args
-from .run import Run, RunResult, timed_batches, vis_batch
-from .sharded import model_state, optimizer_state, plain_model, save_sharded
-from .signals import StopSignals
-from .window import LossWindow
+from .distributed import DistInfo, grad_sync
+from .optim import Schedule
+from .tracking import RunLog
 
 
-def train(run: Run, signals: StopSignals) -> None:
-    """Epochs until the run's last step, a signal or ``train.stop_after_steps``; checkpoints on the way."""
-    t = run.cfg.train
-    run.model.train()
-    if run.timer is not None:
-        run.timer.begin()
-    stopped = False
-    while run.global_step < run.total_steps and not stopped:
-        stopped = train_epoch(run, signals)
-        if run.batch_in_epoch < run.sampler.batches_per_epoch:  # stopped or finished inside an epoch
-            run.last_ckpt = save(run)
+@dataclass
+class Position:
+    """Where a run is: its epoch, the micro-batches of that epoch done, the optimiser steps done."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+
+
+@dataclass
+class StepLoss:
+    """What the forward of one micro-batch gives the loop."""
+
+    loss: torch.Tensor  # the total to optimise
+    terms: dict[str, torch.Tensor]  # named parts to log ("loss" and e.g. "recon", "consistency")
+    images: int
+
+
+@dataclass
+class StepInfo:
+    """What an optimiser step was, for the hooks after it."""
+
+    loss: torch.Tensor  # detached, summed over the micro-batches (each divided by accum_iter)
+    skipped: bool
+    images: int  # images of this process in the step
+    data_wait: float  # seconds spent waiting for the loader in the step
+
+
+class Sampler(Protocol):
+    batches_per_epoch: int
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None: ...
+
+
+class Hook:
+    """Optional behaviour of the loop; every method is a no-op unless overridden. A hook that keeps state across a
+    resume has ``state_dict`` / ``load_state_dict`` and a ``name`` (its key in the checkpoint)."""
+
+    def on_start(self, loop: Loop) -> None: ...
+
+    def before_step(self, loop: Loop) -> None: ...
+
+    def skip_update(self, loop: Loop, loss: torch.Tensor) -> bool:
+        return False
+
+    def after_micro_step(self, loop: Loop, out: StepLoss) -> None: ...
+
+    def after_step(self, loop: Loop, info: StepInfo) -> None: ...
+
+    def after_epoch(self, loop: Loop) -> None: ...
+
+    def on_end(self, loop: Loop) -> None: ...
+
+
+@dataclass
+class Loop:
+    """A run's moving parts. ``model`` is the plain module (checkpoints, hooks); ``trainable`` the one whose
+    gradients are synchronised (the DDP / FSDP wrapper, or the model itself)."""
+
+    model: nn.Module
+    trainable: nn.Module
+    step_loss: Callable[[Any], StepLoss]  # forward of one micro-batch (already on the device)
+    to_device: Callable[[Any], Any]  # a loader batch -> what step_loss takes
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    scaler: torch.amp.GradScaler
+    loader: Iterable
+    sampler: Sampler
+    steps_per_epoch: int
+    total_steps: int
+    accum_iter: int
+    precision: str
+    clip_grad: float | None
+    info: DistInfo
+    log: RunLog
+    out: Path
+    hooks: list[Hook] = field(default_factory=list)
+    pos: Position = field(default_factory=Position)
+    stop: str | None = None  # why a hook stopped the run ("SIGTERM", "stop_after_steps", ...)
+    last_good: Path | None = None  # the newest checkpoint outside a stretch of bad steps
+
+    @property
+    def done(self) -> bool:
+        return self.pos.step >= self.total_steps
+
+    @property
+    def device(self) -> torch.device:
+        return self.info.device
+
+    def call(self, event: str, *args) -> None:
+        for hook in self.hooks:
+            getattr(hook, event)(self, *args)
+
+
+def fit(loop: Loop) -> None:
+    """Epochs until the run's last step or until a hook stops it."""
+    loop.schedule.apply(loop.pos.step)
+    loop.model.train()
+    loop.call("on_start")
+    while not loop.done and loop.stop is None:
+        run_epoch(loop)
+        if loop.pos.batch < loop.sampler.batches_per_epoch:  # stopped, or finished, inside the epoch
             break
-        run.epoch, run.batch_in_epoch = run.epoch + 1, 0
-        done = run.global_step >= run.total_steps
-        if run.epoch % t.save_every == 0 or done or stopped:
-            run.last_ckpt = save(run)
-            if not done and run.epoch % t.save_every == 0:
-                picture(run)  # the trackers' picture; the finished run's is drawn at the end
+        loop.pos.epoch, loop.pos.batch = loop.pos.epoch + 1, 0
+        loop.call("after_epoch")
+    loop.call("on_end")
 
 
-def train_epoch(run: Run, signals: StopSignals) -> bool:
-    """The rest of the current epoch (from ``batch_in_epoch``); True when a signal or the step limit stopped it."""
-    t, cfg = run.cfg.train, run.cfg
-    run.sampler.set_epoch(run.epoch, run.batch_in_epoch)
-    skipped: dict[str, None] = {}  # unique unreadable files met this epoch, in order
-    window = LossWindow()
-    stopped = False
-    for imgs, _, bad in timed_batches(run.loader, run.timer):
-        imgs, undecodable = batch_to_device(imgs, cfg, run.info.device)
-        skipped.update(dict.fromkeys(bad + undecodable))
-        if run.batch_in_epoch % t.accum_iter == 0:  # a step begins: what to restore if it turns out bad
-            window.begin_step()
+def run_epoch(loop: Loop) -> None:
+    """The rest of the current epoch (from micro-batch ``pos.batch``), unless a hook stops it first."""
+    pos, accum = loop.pos, loop.accum_iter
+    loop.sampler.set_epoch(pos.epoch, pos.batch)
+    waited, images, fetch = 0.0, 0, time.perf_counter()
+    for batch in loop.loader:
+        waited += time.perf_counter() - fetch
+        if pos.batch % accum == 0:  # a step begins
             step_loss = 0
-        step_loss = step_loss + micro_step(run, imgs, window)
-        run.batch_in_epoch += 1
-        if run.batch_in_epoch % t.accum_iter:
-            continue
-        skip = optimizer_step(run, step_loss)
-        window.end_step(skip)
-        if run.timer is not None:
-            run.timer.end(imgs.shape[0] * t.accum_iter)
-        run.bar.update(1)
-        stopped = any_rank(bool(signals.received)) or (t.stop_after_steps is not None
-                                                       and run.global_step >= t.stop_after_steps)
-        done = run.global_step >= run.total_steps
-        if (run.global_step % t.log_every == 0 or run.batch_in_epoch == run.sampler.batches_per_epoch or stopped
-                or done):
-            log_window(run, window)
-        if stopped or done:
-            break
-        if t.save_every_steps and run.global_step % t.save_every_steps == 0:
-            run.last_ckpt = save(run)
-        if run.timer is not None:
-            run.timer.begin()
-    if skipped:
-        first = list(skipped)[:10]
-        run.bar.write(f"warning: epoch {run.epoch}: skipped {len(skipped)} unreadable files, first: "
-                      f"{', '.join(first[:3])}")
-        run.log.write(type="skipped", epoch=run.epoch, count=len(skipped), first=first)
-    return stopped
+            loop.call("before_step")
+        out = micro_step(loop, loop.to_device(batch))
+        step_loss, images = step_loss + out.loss.detach(), images + out.images
+        pos.batch += 1
+        if pos.batch % accum == 0:
+            skipped = optimizer_step(loop, step_loss)
+            loop.call("after_step", StepInfo(step_loss, skipped, images, waited))
+            if loop.stop is not None or loop.done:
+                return
+            waited, images = 0.0, 0
+        fetch = time.perf_counter()
 
 
-def micro_step(run: Run, imgs: torch.Tensor, window: LossWindow) -> torch.Tensor:
-    """Forward and backward of one micro-batch; its loss (detached) for the step's non-finite check."""
-    t = run.cfg.train
-    grad_sync(run.wrapped, (run.batch_in_epoch + 1) % t.accum_iter == 0)  # all-reduce on the last micro-batch only
-    with autocast(run.info.device, t.precision):
-        out = run.forward(imgs, **mask_args(run.model, imgs.shape[0], run.mask_gen, run.info))
-    run.scaler.scale(out.loss / t.accum_iter).backward()
-    window.add(out.terms, 1 / t.accum_iter, imgs.shape[0])
-    return out.loss.detach()
+def micro_step(loop: Loop, batch: Any) -> StepLoss:
+    """Forward and backward of one micro-batch (gradients all-reduced on the last of a step only)."""
+    grad_sync(loop.trainable, (loop.pos.batch + 1) % loop.accum_iter == 0)
+    with autocast(loop.device, loop.precision):
+        out = loop.step_loss(batch)
+    loop.scaler.scale(out.loss / loop.accum_iter).backward()
+    loop.call("after_micro_step", out)
+    return out
 
 
-def optimizer_step(run: Run, step_loss: torch.Tensor) -> bool:
-    """The update, unless the loss or a gradient is non-finite (then skipped, logged, counted); the schedule
-    moves either way. True when skipped."""
-    # fp16: scaled gradients are finite exactly when the true ones are, so the check needs no unscale
-    skip = run.guard.is_bad(step_loss, run.model.parameters())
+def optimizer_step(loop: Loop, step_loss: torch.Tensor) -> bool:
+    """The update, unless a hook (the non-finite guard) skips it; the schedule moves either way. True when skipped."""
+    skip = any([hook.skip_update(loop, step_loss) for hook in loop.hooks])  # every hook sees every step
+    scaler = loop.scaler
     if not skip:
-        run.scaler.step(run.opt)  # unscales inside (fused AdamW: in its kernel)
-    elif run.scaler.is_enabled():
-        run.scaler.unscale_(run.opt)  # records the overflow, so update() lowers the scale as GradScaler's own skip does
-    run.scaler.update()
-    run.opt.zero_grad(set_to_none=True)
-    with warnings.catch_warnings():  # a skipped first step makes PyTorch warn about the call order
-        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
-        run.sched.step()  # a skipped step still counts (see engine/guard.py)
-    run.global_step += 1
-    if skip:
-        run.log.write(type="bad_step", step=run.global_step, epoch=run.epoch, consecutive=run.guard.consecutive + 1)
-        run.bar.write(f"warning: step {run.global_step}: non-finite loss or gradient, update skipped")
-    try:
-        run.guard.record(skip, run.global_step, run.last_good)
-    except TrainingError as e:
-        run.log.write(type="error", step=run.global_step, message=str(e))
-        raise
+        if loop.clip_grad:
+            scaler.unscale_(loop.optimizer)
+            nn.utils.clip_grad_norm_(loop.model.parameters(), loop.clip_grad)
+        scaler.step(loop.optimizer)  # unscales inside (fused AdamW: in its kernel)
+    elif scaler.is_enabled():
+        scaler.unscale_(loop.optimizer)  # records the overflow, so update() lowers the scale as GradScaler's skip does
+    scaler.update()
+    loop.optimizer.zero_grad(set_to_none=True)
+    loop.pos.step += 1
+    loop.schedule.apply(loop.pos.step)  # a skipped step still counts (see engine/guard.py)
     return skip
-
-
-def log_window(run: Run, window: LossWindow) -> None:
-    """One ``train`` record for the steps since the last (the mean over them and over the ranks), then a new
-    window. A window of bad steps only writes nothing."""
-    if window.steps:
-        values = window.record(run.info.world_size)
-        speed = values.pop("img_per_s")
-        run.last_loss, lr = values["loss"], run.opt.param_groups[0]["lr"]
-        extra = {"bad_steps": window.bad} if window.bad else {}
-        run.log.write(type="train", step=run.global_step, epoch=run.epoch, **values, lr=lr, img_per_s=speed, **extra)
-        run.bar.set_postfix(loss=f"{run.last_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.0f}", refresh=False)
-    window.reset()
-
-
-# ---------------------------------------------------------------- save and finish
-
-
-def save(run: Run) -> Path:
-    """A checkpoint at the current step. Every rank calls it; rank 0 writes (FSDP: all ranks gather, or write
-    their shards)."""
-    cfg, info, t = run.cfg, run.info, run.cfg.train
-    path = run.out / checkpoint_name(run.global_step)
-    meta = {
-        "format": FORMAT, "version": FORMAT_VERSION, "method": cfg.method, "config": cfg.to_dict(),
-        "scheduler": run.sched.state_dict(), "scaler": run.scaler.state_dict(), "rng": rng_state(run.mask_gen),
-        "epoch": run.epoch, "batch_in_epoch": run.batch_in_epoch, "global_step": run.global_step,
-        "guard": run.guard.state_dict(), "world_size": info.world_size,
-    }
-    if info.mode == "fsdp" and t.fsdp_checkpoint == "sharded":
-        path = path.with_suffix(".dcp")
-        save_sharded(meta, run.model, run.opt, path, info)
-    else:
-        state = {"model": model_state(run.model, info), "optimizer": optimizer_state(run.model, run.opt, info)}
-        if info.is_main:
-            write_checkpoint({**meta, **state}, path)
-    if info.is_main:
-        prune_checkpoints(run.out, t.keep_last)  # only once the new checkpoint is complete
-    barrier()  # no rank runs ahead of (or exits before) rank 0's write
-    if run.guard.consecutive == 0:
-        run.last_good = path
-    return path
-
-
-def picture(run: Run, final: bool = False) -> None:
-    """The reconstruction grid of the fixed picture images: to the trackers (TensorBoard, W&B) and, for the
-    finished run, to reconstruction.png. All ranks call (FSDP gathers the model); rank 0 draws."""
-    cfg, t = run.cfg, run.cfg.train
-    if not (final or t.tensorboard or t.wandb):
-        return
-    if run.vis is None:
-        run.vis = vis_batch(cfg, run.source, run.info.device)
-    if run.vis is None:
-        return
-    shown = plain_model(run.model, cfg, run.info)  # FSDP: gathered into a fresh model on rank 0
-    if not run.info.is_main:
-        return
-    image = reconstruction_image(shown, run.vis, cfg.data.mean, cfg.data.std, seed=t.seed,
-                                 scale=max(1, 128 // max(cfg.model.image_size)))
-    if final:
-        image.save(run.out / "reconstruction.png")
-    run.log.image("reconstruction", image, run.global_step)
-
-
-def finish(run: Run, signals: StopSignals) -> RunResult:
-    """The last checkpoint's path, the picture of a finished run, the benchmark report and the end record."""
-    already_finished = run.last_ckpt is None  # resumed a finished run: nothing ran, nothing new to save
-    if already_finished:
-        run.last_ckpt = run.resume_path
-    finished = run.global_step >= run.total_steps
-    stopped_by = None if finished else signals.received
-    if stopped_by:
-        run.log.write(type="signal", signal=stopped_by, step=run.global_step, checkpoint=str(run.last_ckpt))
-    if finished:
-        picture(run, final=True)
-    report = None
-    if run.timer is not None:
-        sample = torch.zeros(2, run.cfg.model.in_chans, *run.cfg.model.image_size, device=run.info.device)
-        report = run.timer.report(run.cfg, run.model, sample)
-        run.log.write(type="benchmark", **report)
-    run.log.write(type="end", global_step=run.global_step, epoch=run.epoch, checkpoint=str(run.last_ckpt),
-                  loss=run.last_loss, bad_steps=run.guard.total)
-    return RunResult(run.out, run.last_ckpt, run.global_step, run.last_loss, report, stopped_by, run.guard.total,
-                     already_finished)

@@ -1,4 +1,4 @@
-"""Optimiser and learning-rate schedule for pre-training."""
+"""The optimiser of pre-training, and the one learning-rate schedule of every command that trains."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from timm.optim import param_groups_weight_decay
 from torch import nn
 
-from ..config import TrainConfig
+from ..config import LoopConfig, TrainConfig
 
 
 def effective_lr(t: TrainConfig, world_size: int = 1, sequences_per_image: int = 1) -> float:
@@ -39,10 +39,29 @@ def warmup_cosine(step: int, warmup_steps: float, total_steps: int, min_ratio: f
     return min_ratio + (1 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def build_scheduler(
-    opt: torch.optim.Optimizer, t: TrainConfig, lr: float, steps_per_epoch: int, total: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-iteration schedule over ``total`` steps; warmup is in epochs (fractions allowed)."""
-    warmup = t.warmup_epochs * steps_per_epoch
-    min_ratio = t.min_lr / lr
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total, min_ratio))
+class Schedule:
+    """Warmup-cosine per optimiser step (:func:`warmup_cosine`) over ``total`` steps, peak ``lr`` ending at
+    ``min_lr``; warmup in steps (fractions allowed). :meth:`apply` sets every parameter group's lr for a step, times
+    the group's ``lr_scale`` (timm's layer-decay groups carry one). Stateless: a resumed run applies its step."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, lr: float, warmup_steps: float, total_steps: int,
+                 min_lr: float = 0.0) -> None:
+        self.optimizer, self.lr, self.warmup_steps, self.total_steps = optimizer, lr, warmup_steps, total_steps
+        self.min_ratio = min_lr / lr
+
+    def factor(self, step: int) -> float:
+        return warmup_cosine(step, self.warmup_steps, self.total_steps, self.min_ratio)
+
+    def value(self, step: int) -> float:
+        """The lr (scale 1) of optimiser step ``step`` (0-based)."""
+        return self.lr * self.factor(step)
+
+    def apply(self, step: int) -> None:
+        lr = self.value(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+
+    @classmethod
+    def for_loop(cls, optimizer: torch.optim.Optimizer, t: LoopConfig, lr: float, steps_per_epoch: int,
+                 total_steps: int) -> Schedule:
+        return cls(optimizer, lr, t.warmup_epochs * steps_per_epoch, total_steps, t.min_lr)

@@ -11,6 +11,7 @@ import torch
 
 from ..config import Config
 from .flops import peak_tflops, train_flops_per_image
+from .loop import Hook, Loop, StepInfo
 
 
 def configure_backends(device: torch.device, tf32: bool, threads: int | None = None) -> None:
@@ -35,32 +36,45 @@ def sync(device: torch.device) -> None:
 
 
 @dataclass
-class StepTimer:
-    """Times each optimiser step of the real loop and the part of it spent waiting for the loader."""
+class StepTimer(Hook):
+    """A loop hook for benchmarks: times each optimiser step of the real loop (from the moment it starts waiting
+    for its first batch) and the part of it spent waiting for the loader; at the end of the run, :meth:`report`
+    (kept in ``result`` and logged as a ``benchmark`` record). ``cfg`` gives the model's FLOPs."""
 
+    cfg: Config | None = None
     warmup: int = 5  # untimed first steps (compilation, allocator and worker start-up)
-    device: torch.device = torch.device("cpu")  # set by the trainer
+    device: torch.device = torch.device("cpu")
     step_times: list[float] = field(default_factory=list)
     wait_times: list[float] = field(default_factory=list)
     images: int = 0
+    result: dict | None = None
     _start: float = 0.0
-    _wait: float = 0.0
     _seen: int = 0
+
+    def on_start(self, loop: Loop) -> None:
+        self.device = loop.device
+        self.begin()
+
+    def after_step(self, loop: Loop, info: StepInfo) -> None:
+        self.end(info.images, info.data_wait)
+        self.begin()
+
+    def on_end(self, loop: Loop) -> None:
+        if self.cfg is not None:
+            sample = torch.zeros(2, self.cfg.model.in_chans, *self.cfg.model.image_size, device=loop.device)
+            self.result = self.report(self.cfg, loop.model, sample)
+            loop.log.write(type="benchmark", **self.result)
 
     def begin(self) -> None:
         sync(self.device)
         self._start = time.perf_counter()
-        self._wait = 0.0
 
-    def waited(self, seconds: float) -> None:
-        self._wait += seconds
-
-    def end(self, images: int) -> None:
+    def end(self, images: int, waited: float = 0.0) -> None:
         sync(self.device)
         self._seen += 1
         if self._seen > self.warmup:
             self.step_times.append(time.perf_counter() - self._start)
-            self.wait_times.append(self._wait)
+            self.wait_times.append(waited)
             self.images += images
 
     def report(self, cfg: Config, model: torch.nn.Module, sample: torch.Tensor) -> dict:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, config_from_dict
+from ..config import load
 from ..errors import ConfigError
 from .atomic import write_text_atomic
 
@@ -22,7 +22,9 @@ MAY_CHANGE = (
     "output_dir", "train.max_steps", "train.epochs", "train.stop_after_steps", "train.save_every",
     "train.save_every_steps", "train.keep_last", "train.log_every", "train.num_vis", "data.num_workers",
     "train.device", "train.threads", "train.distributed", "train.dist_backend", "train.fsdp_checkpoint",
-    "train.activation_checkpointing", "train.compile",
+    "train.activation_checkpointing", "train.compile", "train.monitor.data", "train.monitor.every",
+    "train.monitor.images", "train.monitor.k", "train.monitor.recon_images", "train.monitor.batch_size",
+    "train.tensorboard", "train.wandb", "train.wandb_project", "train.wandb_name",
 )
 LONGER_ONLY = ("train.max_steps", "train.epochs")
 Change = tuple[str, Any, Any]  # key, the run's value, the new value
@@ -35,9 +37,10 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_changes(saved: dict, cfg: Config) -> list[Change]:
-    """Keys whose value in ``cfg`` differs from the saved run config (read with today's defaults for keys it lacks)."""
-    old, new = _flat(config_from_dict(saved).to_dict()), _flat(cfg.to_dict())
+def config_changes(saved: dict, cfg: Any) -> list[Change]:
+    """Keys whose value in ``cfg`` (any command's config) differs from the saved run config (read with today's
+    defaults for keys it lacks)."""
+    old, new = _flat(load(type(cfg), data=saved).to_dict()), _flat(cfg.to_dict())
     old["train.stop_after_steps"] = None  # a stop applies to the invocation that asked for it
     return [(k, old[k], new[k]) for k in new if old.get(k) != new[k]]
 
@@ -56,7 +59,7 @@ def show(change: Change) -> str:
     return f"{key} {old!r} -> {new!r}"
 
 
-def check_resume_config(cfg: Config, ckpt: dict, path: Path, world_size: int, force: bool) -> list[Change]:
+def check_resume_config(cfg: Any, ckpt: dict, path: Path, world_size: int, force: bool) -> list[Change]:
     """The keys ``cfg`` changes against the checkpoint's config; a change a resumed run may not make is a
     :class:`~emae.errors.ConfigError` naming the key, unless ``force``."""
     changes = [c for c in config_changes(ckpt["config"], cfg) if c[0] != "output_dir"]

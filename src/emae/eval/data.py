@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data import ImageFiles, ShardSet, TransformedImages, collate, open_images
+from ..data.subset import Subset, limit
 from ..data.shards import is_url
 from ..errors import ConfigError, DataError
 
@@ -37,38 +38,6 @@ def labelled_images(root: str | Path, in_chans: int = 3) -> ImageFiles | ShardSe
     if source.labels is None:
         raise DataError(f"{root} has no class sub-folders; evaluation needs labels, laid out as {root}/<class>/*.jpg")
     return source
-
-
-class Subset:
-    """Some of a source's images, same interface (``fetch``, ``labels``, ``classes``, ``root``)."""
-
-    def __init__(self, source: ImageFiles, indices: list[int]) -> None:
-        self.source, self.indices = source, indices
-        self.root, self.classes = source.root, source.classes
-        self.labels = [source.labels[i] for i in indices]
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def fetch(self, index: int):
-        return self.source.fetch(self.indices[index])
-
-
-def limit(source: ImageFiles, n: int | None, seed: int = 0) -> ImageFiles | Subset:
-    """At most ``n`` images, a seeded class-balanced draw (round robin over classes); all when n is None."""
-    if n is None or n >= len(source):
-        return source
-    order = torch.randperm(len(source), generator=torch.Generator().manual_seed(seed)).tolist()
-    by_class: dict[int, list[int]] = {}
-    for i in order:
-        by_class.setdefault(source.labels[i], []).append(i)
-    picked: list[int] = []
-    queues = [by_class[c] for c in sorted(by_class)]
-    while len(picked) < n:
-        for q in queues:
-            if q and len(picked) < n:
-                picked.append(q.pop())
-    return Subset(source, sorted(picked))
 
 
 def eval_sources(train: Path, val: Path, in_chans: int, max_train: int | None = None, max_val: int | None = None,

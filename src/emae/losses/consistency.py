@@ -16,10 +16,11 @@ import itertools
 import torch
 from torch import nn
 
-DISTANCES = ("l1", "l2")
+DISTANCES = ("l1", "l2")  # the one vocabulary of patch distances: mean |a - b| or mean (a - b)^2 over a patch
 
 
 def patch_distance(a: torch.Tensor, b: torch.Tensor, distance: str) -> torch.Tensor:
+    """(..., P) -> (...): the mean over the last dimension of |a - b| (``l1``) or (a - b)^2 (``l2``)."""
     diff = a - b
     return (diff.abs() if distance == "l1" else diff.pow(2)).mean(dim=-1)
 
@@ -42,8 +43,7 @@ def self_consistency(pred: torch.Tensor, mask: torch.Tensor, parts: int, distanc
 class SelfConsistencyLoss(nn.Module):
     def __init__(self, distance: str = "l1") -> None:
         super().__init__()
-        if distance not in DISTANCES:
-            raise ValueError(f"distance {distance!r} is not one of {DISTANCES}")
+        assert distance in DISTANCES, distance
         self.distance = distance
 
     def forward(self, pred: torch.Tensor, mask: torch.Tensor, parts: int) -> torch.Tensor:

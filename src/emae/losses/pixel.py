@@ -1,4 +1,5 @@
-"""Pixel losses on removed patches only, against (optionally per-patch normalised) pixels: MAE's MSE, or SimMIM's L1."""
+"""Pixel losses on removed patches only, against (optionally per-patch normalised) pixels: MAE's L2 (mean squared
+error), or SimMIM's L1."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from torch import nn
 
 from ..masks import Mask
 from ..patches import patchify
-from .consistency import SelfConsistencyLoss
+from .consistency import DISTANCES, SelfConsistencyLoss, patch_distance
 
 
 def pixel_target(imgs: torch.Tensor, patch_size: int, norm_pix: bool, eps: float = 1e-6) -> torch.Tensor:
@@ -20,19 +21,14 @@ def pixel_target(imgs: torch.Tensor, patch_size: int, norm_pix: bool, eps: float
     return target
 
 
-PIXEL_DISTANCES = ("mse", "l1")
-
-
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, distance: str = "mse") -> torch.Tensor:
-    """Mean over the p*p*C values of each patch of the squared (``mse``) or absolute (``l1``) error, then mean over
-    the patches where ``mask`` is 1.
+def masked_patch_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, distance: str = "l2") -> torch.Tensor:
+    """The patch distance (``l2``: mean squared error over the p*p*C values of a patch, MAE's; ``l1``: mean absolute
+    error, SimMIM's), averaged over the patches where ``mask`` is 1.
 
     For K-part masks every part removes the same number of patches, so this is also the mean over parts of
     each part's MAE loss.
     """
-    diff = pred - target
-    per_patch = (diff.pow(2) if distance == "mse" else diff.abs()).mean(dim=-1)
-    return (per_patch * mask).sum() / mask.sum()
+    return (patch_distance(pred, target, distance) * mask).sum() / mask.sum()
 
 
 class PixelReconstructionLoss(nn.Module):
@@ -42,10 +38,9 @@ class PixelReconstructionLoss(nn.Module):
     """
 
     def __init__(self, patch_size: int, norm_pix: bool = True, consistency: SelfConsistencyLoss | None = None,
-                 consistency_weight: float = 1.0, distance: str = "mse") -> None:
+                 consistency_weight: float = 1.0, distance: str = "l2") -> None:
         super().__init__()
-        if distance not in PIXEL_DISTANCES:
-            raise ValueError(f"distance {distance!r} is not one of {PIXEL_DISTANCES}")
+        assert distance in DISTANCES, distance
         self.distance = distance
         self.patch_size = patch_size
         self.norm_pix = norm_pix
@@ -56,7 +51,7 @@ class PixelReconstructionLoss(nn.Module):
         return pixel_target(imgs, self.patch_size, self.norm_pix)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor, mask: Mask) -> dict[str, torch.Tensor]:
-        recon = masked_mse(pred, target, mask.mask, self.distance)
+        recon = masked_patch_loss(pred, target, mask.mask, self.distance)
         if self.consistency is None or mask.parts == 1:
             return {"loss": recon}
         cons = self.consistency(pred, mask.mask, mask.parts)

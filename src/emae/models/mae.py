@@ -88,5 +88,6 @@ class MaskedAutoencoder(nn.Module):
         return MAEOutput(terms["loss"], pred, target, mask, terms)
 
     def extract_features(self, imgs: torch.Tensor, pool: str = "cls") -> torch.Tensor:
-        """Encoder on the whole image, no masking. ``pool``: 'cls', 'mean' (patch tokens) or 'none' (all tokens)."""
+        """Encoder on the whole image, no masking. ``pool``: 'cls', 'avg' (mean patch token) or 'none' (all tokens);
+        a pyramid encoder (no cls token) takes 'avg' or 'none'."""
         return self.encoder.extract_features(imgs, pool)

@@ -23,6 +23,7 @@ from ..errors import ConfigError
 from ..masks import Mask
 from ..masks.compact import compact_grid, pack_image, true_coords
 from .init import init_mae_weights, init_patch_embed
+from .vit import pool_tokens
 
 
 def signed_log(d: torch.Tensor) -> torch.Tensor:
@@ -161,14 +162,9 @@ class PyramidEncoder(nn.Module):
         return self.forward_features(imgs)
 
     @torch.no_grad()
-    def extract_features(self, imgs: torch.Tensor, pool: str = "mean") -> torch.Tensor:
-        """'mean' (global average of the last stage) or 'none' ((B, h, w, C) last-stage tokens); no cls token."""
-        tokens = self.forward_features(imgs)
-        if pool == "mean":
-            return tokens.mean(dim=(1, 2))
-        if pool == "none":
-            return tokens
-        raise ConfigError(f"pool: {pool!r} is not allowed for a pyramid encoder (no cls token); use 'mean' or 'none'")
+    def extract_features(self, imgs: torch.Tensor, pool: str = "avg") -> torch.Tensor:
+        """'avg' (global average of the last stage) or 'none' ((B, h, w, C) last-stage tokens); no cls token."""
+        return pool_tokens(self.forward_features(imgs), pool, cls_token=False)
 
     def reset_parameters(self) -> None:
         """The reference's init (models_mae_swin.py / models_mae_pvt.py ``initialize_weights``): mask token

@@ -126,14 +126,28 @@ class ViTEncoder(nn.Module):
 
     @torch.no_grad()
     def extract_features(self, imgs: torch.Tensor, pool: str = "cls") -> torch.Tensor:
-        """As :meth:`MaskedAutoencoder.extract_features`: 'cls', 'mean' (patch tokens) or 'none' (all tokens)."""
-        tokens = self.forward_features(imgs)
-        pooled = {"cls": lambda: tokens[:, 0], "mean": lambda: tokens[:, 1:].mean(dim=1), "none": lambda: tokens}
-        if pool not in pooled:
-            from ..errors import ConfigError
+        """As :meth:`MaskedAutoencoder.extract_features`: 'cls', 'avg' (mean patch token) or 'none' (all tokens)."""
+        return pool_tokens(self.forward_features(imgs), pool, cls_token=True)
 
-            raise ConfigError(f"pool: {pool!r} is not one of 'cls', 'mean', 'none'")
-        return pooled[pool]()
+
+def pool_tokens(tokens: torch.Tensor, pool: str, cls_token: bool) -> torch.Tensor:
+    """One vector per image from an encoder's output, in emae's one pooling vocabulary: 'cls' (the cls token),
+    'avg' (the mean of the patch tokens; 'mean' is its old spelling) or 'none' (the tokens as they are).
+    ``tokens``: (B, 1 + L, D) with a cls token, else (B, L, D) or (B, h, w, D)."""
+    from ..config.typed import renamed
+
+    pool = renamed("pool", pool)
+    if pool == "none":
+        return tokens
+    if pool == "avg":
+        patches = tokens[:, 1:] if cls_token else tokens.flatten(1, -2)
+        return patches.mean(dim=1)
+    if pool == "cls" and cls_token:
+        return tokens[:, 0]
+    from ..errors import ConfigError
+
+    allowed = "'cls', 'avg' or 'none'" if cls_token else "'avg' or 'none' (no cls token)"
+    raise ConfigError(f"pool: {pool!r} is not allowed for this encoder; use {allowed}")
 
 
 class UMViTEncoder(ViTEncoder):

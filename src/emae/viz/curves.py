@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..engine.log import read_log
+from ..records import read_log
 from ..errors import DataError
 
 
