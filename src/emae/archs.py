@@ -9,6 +9,7 @@ sequence (removed or secondarily masked) influences that sequence's encoder outp
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
@@ -181,3 +182,35 @@ def check_model(m: ModelLike, compact: bool) -> None:
         stage_windows(grids, m.window_size)
     else:
         check_sr_ratios(sr_ratios(m, compact), grids)
+
+
+# ---------------------------------------------------------------- what evaluation needs to know of a family
+
+
+@dataclass(frozen=True)
+class FamilyTraits:
+    cls_token: bool  # frozen features can be the cls token (else the global average only)
+    layer_decay: float  # fine-tuning's default layer-wise lr decay
+
+
+FAMILY_TRAITS = {
+    "vit": FamilyTraits(cls_token=True, layer_decay=0.65),  # MAE's ViT-B fine-tuning recipe (§A.3)
+    "swin": FamilyTraits(cls_token=False, layer_decay=0.85),  # UM-MAE's Makefile: finetune_*_swin_tiny_256_*
+    "pvt": FamilyTraits(cls_token=False, layer_decay=0.85),  # ... and finetune_*_pvt_small_256_*
+}
+
+
+def traits(arch: str) -> FamilyTraits:
+    return FAMILY_TRAITS[family(arch)]
+
+
+def resolve_pool(arch: str, pool: str | None, option: str = "--pool") -> str:
+    """The frozen-feature pooling of an encoder: None is 'cls' where there is a cls token, else 'avg'; 'cls'
+    without one is a one-line error."""
+    has_cls = traits(arch).cls_token
+    if pool is None:
+        return "cls" if has_cls else "avg"
+    if pool == "cls" and not has_cls:
+        raise ConfigError(f"{option} cls: a {arch} encoder has no cls token; its features are the global average of "
+                          f"the last stage ({option} avg)")
+    return pool

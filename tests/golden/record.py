@@ -5,7 +5,7 @@ and compares every parameter with the files recorded here, bit for bit.
 The files were recorded from the code before the one-loop refactor (issue 23, commit ef05b38), so the test says
 that the refactor changed no number. Re-record only for a deliberate change of the numbers, and say so:
 
-    python tests/golden/record.py          # writes tests/golden/*.safetensors
+    python tests/golden/record.py --write  # writes tests/golden/*.safetensors
 """
 
 from __future__ import annotations
@@ -72,6 +72,8 @@ def run_all(root: Path) -> dict[str, dict]:
 if __name__ == "__main__":
     import tempfile
 
+    if sys.argv[1:] != ["--write"]:
+        raise SystemExit("this re-records the golden files from the code as it is now: pass --write to mean it")
     from safetensors.torch import save_file
 
     import emae.eval.finetune  # noqa: F401

@@ -1,11 +1,22 @@
-"""Arguments shared by the evaluation commands: the checkpoint, the data, the run folder, the machine."""
+"""What the evaluation commands share on the command line: a typed config (``--config`` recipe, flags that are
+aliases of its keys, ``key=value`` overrides anywhere), the checkpoint and its data per seed, resuming.
+
+A flag is an alias: ``--epochs 2`` sets ``train.epochs``, as ``train.epochs=2`` does; precedence is defaults <-
+recipe <- flags <- ``key=value``. Each command lists its aliases next to its parser.
+"""
 
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from ..config import Config, ModelConfig, validate
+from ..config import Config, ModelConfig, load
+from ..engine.checkpoint import latest_valid_checkpoint, load_checkpoint
 from ..errors import ConfigError
 from ..interop.load import Loaded, random_checkpoint, read_checkpoint
 
@@ -13,128 +24,199 @@ CHECKPOINT_HELP = ("emae checkpoint, official MAE .pth (encoder-only or full), t
                    ".safetensors), Hugging Face ViTMAE folder, or 'random' (a fresh encoder, see --arch)")
 TRUST_HELP = ("unpickle checkpoint files in full, which can run code stored in them: only for files from a source you "
               "trust (default: weights only, refusing anything but tensors and plain values)")
+PREFIX = "cfg:"  # argparse dest of an alias flag: cfg:<dotted key>
 
 
 def add_trust_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
 
 
-def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help=CHECKPOINT_HELP)
+def default_of(root: type, key: str) -> Any:
+    return functools.reduce(getattr, key.split("."), root())
+
+
+def alias(group, root: type, flag: str, key: str, help: str, **kwargs) -> None:
+    """``flag`` as an alias of the config key ``key`` (its default shown in the help)."""
+    default = default_of(root, key)
+    if "choices" not in kwargs and "action" not in kwargs:
+        kwargs.setdefault("metavar", key.rsplit(".", 1)[-1].upper())
+    shown = "" if kwargs.get("action") in ("store_const",) or default is None else f" ({default})"
+    group.add_argument(flag, dest=PREFIX + key, default=None, help=help + shown, **kwargs)
+
+
+def switch(group, flag: str, key: str, value: bool, help: str) -> None:
+    group.add_argument(flag, dest=PREFIX + key, action="store_const", const=value, default=None, help=help)
+
+
+def flags_of(args: argparse.Namespace) -> dict[str, Any]:
+    return {k[len(PREFIX):]: v for k, v in vars(args).items() if k.startswith(PREFIX) and v is not None}
+
+
+def add_config_args(p: argparse.ArgumentParser, root: type, run_section: str, trains: bool = False) -> None:
+    """The checkpoint (positional), ``--config``, ``key=value`` overrides, and the aliases every evaluation
+    command has: the model hints, the data, the machine, the run folder (``run_section``: where batch_size, device,
+    precision, seed and seeds live). ``trains``: also ``--resume`` / ``--force-config`` and the tracker flags."""
+    p.add_argument("checkpoint", nargs="?", help=CHECKPOINT_HELP + " (with --resume: the run's own)")
+    p.add_argument("--config", help=f"YAML recipe (command: {root.command}): a path or a shipped recipe's name")
     add_trust_arg(p)
     g = p.add_argument_group("model (for 'random', or where the checkpoint leaves it open)")
-    g.add_argument("--arch", default="vit_tiny", help="random: named size vit_tiny|small|base|large|huge (vit_tiny)")
-    g.add_argument("--embed-dim", type=int, help="random: width (overrides --arch)")
-    g.add_argument("--depth", type=int, help="random: depth (overrides --arch)")
-    g.add_argument("--num-heads", type=int, help="attention heads (not stored in plain state dicts; inferred from width)")
-    g.add_argument("--patch-size", type=int, default=4, help="random: patch size (4)")
-    g.add_argument("--in-chans", type=int, default=3, help="random: input channels (3)")
-    g.add_argument("--model-img-size", type=int, metavar="N",
-                   help="pre-training image size, where the position embedding is not a square grid; random: default 32")
-
-
-def load_source(args: argparse.Namespace) -> Loaded:
-    if args.checkpoint == "random":
-        m = ModelConfig(arch=args.arch, embed_dim=args.embed_dim, depth=args.depth, num_heads=args.num_heads,
-                        img_size=args.model_img_size or getattr(args, "img_size", None) or 32,
-                        patch_size=args.patch_size, in_chans=args.in_chans)
-        cfg = Config(model=m)
-        if m.in_chans != 3:
-            cfg.data.mean, cfg.data.std = [0.5] * m.in_chans, [0.5] * m.in_chans
-        validate(cfg)
-        return random_checkpoint(m, getattr(args, "seed", 0))
-    return read_checkpoint(args.checkpoint, num_heads=args.num_heads, img_size=args.model_img_size,
-                           trust=args.trust_checkpoint)
-
-
-def add_data_args(p: argparse.ArgumentParser) -> None:
+    alias(g, root, "--arch", "model.arch", "random: named size vit_tiny|small|base|large|huge")
+    alias(g, root, "--embed-dim", "model.embed_dim", "random: width (overrides --arch)", type=int)
+    alias(g, root, "--depth", "model.depth", "random: depth (overrides --arch)", type=int)
+    alias(g, root, "--num-heads", "model.num_heads", "attention heads (not stored in plain state dicts)", type=int)
+    alias(g, root, "--patch-size", "model.patch_size", "random: patch size", type=int)
+    alias(g, root, "--in-chans", "model.in_chans", "random: input channels", type=int)
+    alias(g, root, "--model-img-size", "model.img_size", "pre-training image size, where the position embedding is "
+          "not a square grid; random: default --img-size, else 32", type=int, metavar="N")
     g = p.add_argument_group("data (ImageFolder trees: <dir>/<class>/*.jpg)")
-    g.add_argument("--data", metavar="DIR", help="folder with train/ and val/ (or test/)")
-    g.add_argument("--train", metavar="DIR", help="training images (with --val)")
-    g.add_argument("--val", metavar="DIR", help="validation images (with --train)")
-    g.add_argument("--max-train", type=int, metavar="N", help="use a seeded class-balanced subset of N training images")
-    g.add_argument("--max-val", type=int, metavar="N", help="... and of N validation images")
-    g.add_argument("--img-size", type=int, metavar="N",
-                   help="evaluation resolution (default: the checkpoint's; position embeddings are interpolated)")
-    g.add_argument("--mean", type=float, nargs="+", help="normalisation mean (default: the checkpoint's, else ImageNet)")
-    g.add_argument("--std", type=float, nargs="+", help="normalisation std (default: the checkpoint's, else ImageNet)")
-    g.add_argument("--crop-pct", type=float, help="eval: resize to size/crop_pct, centre crop (default 0.875 from 128 px, else 1)")
-
-
-def add_run_args(p: argparse.ArgumentParser, batch_size: int, seeds: bool = False) -> None:
-    """``seeds``: also ``--seeds`` (the command runs once per seed, see :mod:`emae.eval.seeds`)."""
+    alias(g, root, "--data", "data.path", "folder with train/ and val/ (or test/)", metavar="DIR")
+    alias(g, root, "--train", "data.train", "training images (with --val)", metavar="DIR")
+    alias(g, root, "--val", "data.val", "validation images (with --train)", metavar="DIR")
+    alias(g, root, "--max-train", "data.max_train", "a seeded class-balanced subset of N training images", type=int,
+          metavar="N")
+    alias(g, root, "--max-val", "data.max_val", "... and of N validation images", type=int, metavar="N")
+    alias(g, root, "--img-size", "data.img_size", "evaluation resolution (default: the checkpoint's; position "
+          "embeddings are interpolated)", type=int, metavar="N")
+    alias(g, root, "--mean", "data.mean", "normalisation mean (default: the checkpoint's, else ImageNet)", type=float,
+          nargs="+")
+    alias(g, root, "--std", "data.std", "normalisation std (default: the checkpoint's, else ImageNet)", type=float,
+          nargs="+")
+    alias(g, root, "--crop-pct", "data.crop_pct", "eval: resize to size/crop_pct, centre crop (default 0.875 from "
+          "128 px, else 1)", type=float)
+    alias(g, root, "--workers", "data.num_workers", "data loader processes (0: in the main process)", type=int)
     g = p.add_argument_group("run")
-    g.add_argument("--output", metavar="DIR", help="results folder (default: runs/<command>-<timestamp>)")
+    g.add_argument("--output", dest=PREFIX + "output_dir", metavar="DIR",
+                   help=f"results folder (default: runs/{root.command}-<timestamp>)")
     g.add_argument("--overwrite", action="store_true", help="replace results already in --output")
-    g.add_argument("--batch-size", type=int, default=batch_size, help=f"images per batch ({batch_size})")
-    g.add_argument("--workers", type=int, default=0, help="data loader processes (0: in the main process)")
-    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast precision (fp32)")
-    g.add_argument("--seed", type=int, default=0)
-    if seeds:
-        g.add_argument("--seeds", type=int, nargs="+", metavar="S",
-                       help="run once per seed, report mean ± std: N (N seeds from --seed on) or a list, e.g. 0 1 2; "
-                            "each seed's results in <output>/seed-<s>/")
+    s = run_section
+    alias(g, root, "--batch-size", f"{s}.batch_size", "images per batch", type=int)
+    alias(g, root, "--device", f"{s}.device", "auto | cpu | cuda | cuda:N")
+    alias(g, root, "--precision", f"{s}.precision", "autocast precision", choices=["fp32", "bf16", "fp16"])
+    alias(g, root, "--seed", f"{s}.seed", "seed", type=int)
+    alias(g, root, "--seeds", f"{s}.seeds", "run once per seed, report mean ± std: N (N seeds from --seed on) or a "
+          "list, e.g. 0 1 2; each seed's results in <output>/seed-<s>/", type=int, nargs="+", metavar="S")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    if trains:
+        g.add_argument("--resume", metavar="auto|PATH", help="continue the run in --output (auto: each seed's newest "
+                       "valid checkpoint) or from a run checkpoint, with the config saved in it")
+        g.add_argument("--force-config", action="store_true",
+                       help="resume even though key=value / flags change keys a resumed run keeps (listed loudly)")
+        g = p.add_argument_group("tracking (log.jsonl is always written)")
+        switch(g, "--no-tensorboard", f"{s}.tensorboard", False, "no TensorBoard event files in OUTPUT/tb")
+        switch(g, "--wandb", f"{s}.wandb", True, "also log to Weights & Biases (pip install 'emae[wandb]'; "
+               "WANDB_MODE=offline keeps it local)")
+        alias(g, root, "--wandb-project", f"{s}.wandb_project", "W&B project")
+        alias(g, root, "--wandb-name", f"{s}.wandb_name", "W&B run name (default: the output folder's name)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=5")
 
 
-def seed_args(args: argparse.Namespace, seed: int) -> argparse.Namespace:
-    return argparse.Namespace(**{**vars(args), "seed": seed})
+def load_eval_config(args: argparse.Namespace, root: type, saved: dict | None = None):
+    """The command's config from its recipe (or a resumed run's saved config), flags and overrides; validated."""
+    flags = flags_of(args)
+    if args.checkpoint is not None:
+        flags["checkpoint"] = args.checkpoint
+    if args.trust_checkpoint:
+        flags["trust_checkpoint"] = True
+    if saved is not None and not args.config:
+        return load(root, None, args.overrides, flags, data=saved)
+    return load(root, args.config, args.overrides, flags)
 
 
+def run_section(cfg) -> Any:
+    """The section that holds the machine options and the seeds (``train`` or ``run``)."""
+    return cfg.train if hasattr(cfg, "train") else cfg.run
+
+
+def with_seed(cfg, seed: int):
+    cfg = copy.deepcopy(cfg)
+    run_section(cfg).seed = seed
+    return cfg
+
+
+def load_source(cfg) -> Loaded:
+    """The checkpoint an evaluation config names: a file or folder, or a fresh 'random' encoder of the seed."""
+    m = cfg.model
+    if cfg.checkpoint == "random":
+        model = ModelConfig(arch=m.arch, embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads,
+                            img_size=m.img_size or cfg.data.img_size or 32, patch_size=m.patch_size,
+                            in_chans=m.in_chans)
+        check = Config(model=model)
+        if model.in_chans != 3:
+            check.data.mean, check.data.std = [0.5] * model.in_chans, [0.5] * model.in_chans
+        check.validate()
+        return random_checkpoint(model, run_section(cfg).seed)
+    return read_checkpoint(cfg.checkpoint, num_heads=m.num_heads, img_size=m.img_size, trust=cfg.trust_checkpoint)
+
+
+def eval_data(cfg, loaded: Loaded):
+    from ..eval.data import eval_sources, split_folders
+
+    d = cfg.data
+    train, val = split_folders(d.path, d.train, d.val)
+    return eval_sources(train, val, loaded.config.model.in_chans, d.max_train, d.max_val, run_section(cfg).seed)
+
+
+@dataclass
 class SeededSources:
-    """The checkpoint and data of each seed (``sources[seed]`` = (args, loaded, train, val)): a 'random' encoder and
-    class-balanced subsets are drawn from the seed. The first seed's are read at once, so bad input fails before
-    any work; a checkpoint file is read only once."""
+    """The config, checkpoint and data of each seed (``sources[seed]`` = (cfg, loaded, train, val)): a 'random'
+    encoder and class-balanced subsets are drawn from the seed. The first seed's are read at once, so bad input
+    fails before any work; a checkpoint file is read only once."""
 
-    def __init__(self, args: argparse.Namespace, seeds: list[int]) -> None:
-        self.args, self.seeds = args, seeds
-        a = seed_args(args, seeds[0])
-        loaded = load_source(a)
-        self.first = (a, loaded, *eval_data(a, loaded))
+    cfg: Any
+    seeds: list[int]
+    first: tuple = field(init=False)
+
+    def __post_init__(self) -> None:
+        cfg = with_seed(self.cfg, self.seeds[0])
+        loaded = load_source(cfg)
+        self.first = (cfg, loaded, *eval_data(cfg, loaded))
 
     def __getitem__(self, seed: int):
         if seed == self.seeds[0]:
             return self.first
-        a = seed_args(self.args, seed)
-        loaded = load_source(a) if self.args.checkpoint == "random" else self.first[1]
-        return (a, loaded, *eval_data(a, loaded))
+        cfg = with_seed(self.cfg, seed)
+        loaded = load_source(cfg) if self.cfg.checkpoint == "random" else self.first[1]
+        return (cfg, loaded, *eval_data(cfg, loaded))
+
+
+def resume_config(args: argparse.Namespace) -> dict | None:
+    """The saved config of the run ``--resume`` continues (a path, or auto: the newest checkpoint in --output or
+    in its first seed folder); None for a fresh run or a run folder without checkpoints yet."""
+    if args.resume is None:
+        return None
+    output = vars(args).get(PREFIX + "output_dir")
+    if args.resume != "auto":
+        return load_checkpoint(args.resume, peek=True)["config"]
+    if not output:
+        raise ConfigError("--resume auto needs --output: the run folder to continue")
+    for folder in [Path(output), *sorted(Path(output).glob("seed-*"))]:
+        found = latest_valid_checkpoint(folder)
+        if found:
+            return found[1]["config"]
+    return None
+
+
+def resume_point(args: argparse.Namespace, folder: Path, cfg, force: bool) -> Path | None:
+    """The run checkpoint a seed's folder continues from (checked against ``cfg``; see emae.engine.resume)."""
+    from ..engine.resume import announce, check_resume_config
+
+    if args.resume is None:
+        return None
+    found = latest_valid_checkpoint(folder) if args.resume == "auto" else (Path(args.resume),
+                                                                           load_checkpoint(args.resume, peek=True))
+    if not found:
+        return None
+    path, ckpt = found
+    if ckpt.get("command") != cfg.command:
+        raise ConfigError(f"{path} is a checkpoint of `emae {ckpt.get('command', 'pretrain')}`, not of "
+                          f"`emae {cfg.command}`")
+    changes = check_resume_config(cfg, ckpt, path, 1, force)
+    announce(path, ckpt, changes, force)
+    return path
 
 
 def warn(message: str) -> None:
     print(f"emae: warning: {message}", file=sys.stderr)
-
-
-def add_tracking_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("tracking (log.jsonl is always written)")
-    g.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files in OUTPUT/tb")
-    g.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (pip install 'emae[wandb]'; "
-                   "WANDB_MODE=offline keeps it local)")
-    g.add_argument("--wandb-project", default="emae", help="W&B project (emae)")
-    g.add_argument("--wandb-name", help="W&B run name (default: the output folder's name)")
-
-
-def tracking_options(args: argparse.Namespace) -> dict:
-    if not hasattr(args, "no_tensorboard"):  # commands without a training log (knn)
-        return {}
-    return {"tensorboard": not args.no_tensorboard, "wandb": args.wandb, "wandb_project": args.wandb_project,
-            "wandb_name": args.wandb_name}
-
-
-def eval_options(args: argparse.Namespace, **extra):
-    from ..eval.common import EvalOptions
-
-    return EvalOptions(batch_size=args.batch_size, workers=args.workers, device=args.device, precision=args.precision,
-                       seed=args.seed, img_size=args.img_size, mean=args.mean, std=args.std, crop_pct=args.crop_pct,
-                       max_train=args.max_train, max_val=args.max_val, progress=not args.no_progress,
-                       **tracking_options(args), **extra)
-
-
-def eval_data(args: argparse.Namespace, loaded: Loaded):
-    from ..eval.data import eval_sources, split_folders
-
-    train, val = split_folders(args.data, args.train, args.val)
-    return eval_sources(train, val, loaded.config.model.in_chans, args.max_train, args.max_val, args.seed)
 
 
 def positive(name: str, value: float | None) -> None:

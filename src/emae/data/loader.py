@@ -58,6 +58,46 @@ class ResumableSampler(Sampler):
         return max(0, (self.batches_per_epoch - self.start_batch) * self.batch_size)
 
 
+class SeededShuffle(Sampler):
+    """The order in which ``DataLoader(shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(seed))``
+    visits a data set over the epochs in one process (each epoch the loader draws an int64 from the generator for
+    its workers' base seed, torch's RandomSampler a permutation, and, once the epoch is read to its end, a second
+    one for the empty remainder), as a sampler that can start at any epoch and batch, so fine-tuning and probing
+    resume in place.
+    Yields plain indices (the augmentation draws from the process's RNG, whose state checkpoints keep)."""
+
+    def __init__(self, size: int, batch_size: int, seed: int) -> None:
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.batches_per_epoch = size // batch_size  # drop_last
+        self.epoch, self.start_batch = 0, 0
+        self._replayed: tuple[int, torch.Tensor] | None = None  # (epochs drawn, the generator's state after them)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def _permutation(self) -> list[int]:
+        g = torch.Generator()
+        done = 0
+        if self._replayed is not None and self._replayed[0] <= self.epoch:
+            done, state = self._replayed
+            g.set_state(state)
+        else:
+            g.manual_seed(self.seed)
+        for _ in range(done, self.epoch + 1):
+            torch.empty((), dtype=torch.int64).random_(generator=g)
+            order = torch.randperm(self.size, generator=g)
+            torch.randperm(self.size, generator=g)
+        self._replayed = (self.epoch + 1, g.get_state())
+        return order.tolist()
+
+    def __iter__(self):
+        order = self._permutation()
+        return iter(order[self.start_batch * self.batch_size: self.batches_per_epoch * self.batch_size])
+
+    def __len__(self) -> int:
+        return max(0, (self.batches_per_epoch - self.start_batch) * self.batch_size)
+
+
 def ignore_stop_signals(worker_id: int = 0) -> None:
     """``worker_init_fn``: workers ignore SIGINT/SIGTERM (a Ctrl-C reaches the whole process group); the main
     process handles them (``emae.engine.signals``) and shuts the workers down."""

@@ -1,4 +1,5 @@
-"""Weighted k-NN on frozen features (as in InstDisc / DINO): cosine similarity, votes weighted by exp(sim / T).
+"""Weighted k-NN on frozen features (as in InstDisc / DINO): cosine similarity, votes weighted by exp(sim / T)
+(the scores: :func:`emae.engine.metrics.knn_scores`, which the pre-training monitor uses too).
 
 Optionally the features are first centred on the training-set mean (both splits, by the same vector). Cosine
 similarity measures angles from the origin, so a large offset common to all features (frequent in frozen
@@ -50,31 +51,33 @@ def knn_eval(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: 
     return results
 
 
-def knn_run(loaded, train_src, val_src, out, opts, ks: tuple[int, ...] = (20, 200), temperature: float = 0.07,
-            center: str = "both", memo: dict | None = None) -> dict:
+def knn_run(loaded, train_src, val_src, out, cfg, progress: bool = False, memo: dict | None = None) -> dict:
     """Extract (or reuse cached) frozen features of both splits, classify val by k-NN, write ``out/metrics.json``.
-
-    ``center``: none | train-mean | both. Uncentred results sit under ``"k=<k>"``, centred ones under
-    ``"centred"`` → ``"k=<k>"``. ``memo``: features kept in memory between calls (several seeds)."""
+    ``cfg``: a :class:`~emae.config.KnnConfig`; ``knn.center``: none | train-mean | both. Uncentred results sit under
+    ``"k=<k>"``, centred ones under ``"centred"`` -> ``"k=<k>"``. ``memo``: features kept in memory between calls
+    (several seeds)."""
     import time
 
-    from .common import frozen_features, with_pool, write_metrics
+    from ..archs import resolve_pool
+    from .common import frozen_features, write_metrics
 
-    opts = with_pool(loaded, opts)
+    k = cfg.knn
+    pool = resolve_pool(loaded.config.model.arch, k.pool)
     start = time.perf_counter()
+    ks = tuple(k.k)
     _, warning = effective_ks(ks, len(train_src))
-    f = frozen_features(loaded, train_src, val_src, opts, memo)
+    f = frozen_features(loaded, train_src, val_src, cfg.data, cfg.run, pool, k.feature_cache, progress, memo)
     results: dict = {}
-    for mode in CENTERINGS[center]:
+    for mode in CENTERINGS[k.center]:
         r = knn_eval(f["train_feats"], f["train_labels"], f["val_feats"], f["val_labels"], len(train_src.classes),
-                     ks, temperature, center=mode == "train-mean")
+                     ks, k.temperature, center=mode == "train-mean")
         results.update(r if mode == "none" else {"centred": r})
     metrics = {
         "command": "knn", "checkpoint": loaded.path, "source": loaded.source, "train": str(train_src.root),
         "val": str(val_src.root), "train_images": len(train_src), "val_images": len(val_src),
-        "classes": len(train_src.classes), "temperature": temperature, "pool": opts.pool, "center": center,
+        "classes": len(train_src.classes), "temperature": k.temperature, "pool": pool, "center": k.center,
         "k_requested": list(ks), **results, "warnings": [warning] if warning else [],
-        "seconds": round(time.perf_counter() - start, 1), "options": opts.to_dict(),
+        "seconds": round(time.perf_counter() - start, 1), "options": cfg.to_dict(),
     }
     write_metrics(out, metrics)
     return metrics

@@ -14,38 +14,27 @@ The validation set always uses the eval transform, so its features are extracted
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from timm.optim import Lars
 from torch import nn
-from tqdm import tqdm
 
+from ..archs import resolve_pool
+from ..config import LinprobeConfig
 from ..data import pretrain_transform
 from ..engine.atomic import save_atomic
-from ..engine.device import autocast, resolve_device, seed_everything
-from ..errors import DataError, EmaeError
+from ..engine.device import resolve_device, seed_everything
+from ..engine.loop import Hook, Loop, StepInfo, StepLoss
+from ..engine.tracking import RunLog
+from ..errors import DataError
 from ..interop.load import Loaded
 from .backbone import FrozenEncoder, frozen_encoder
-from .common import (EvalOptions, run_log, frozen_features, image_size, norm_stats, warmup_cosine_scheduler, with_pool,
-                     write_metrics)
-from .data import loader
+from .common import frozen_features, image_size, norm_stats, write_metrics
 from .knn import classification_metrics
-from .logreg import LogRegOptions, logistic_probe
-
-
-@dataclass
-class ProbeOptions:
-    epochs: int = 90
-    warmup_epochs: float = 10
-    base_lr: float = 0.1  # lr = base_lr * batch_size / 256 unless lr is given
-    lr: float | None = None
-    min_lr: float = 0.0
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    log_every: int = 50
+from .logreg import C_GRID, LogRegOptions, logistic_probe
+from .training import TrainingRun, shuffled_loader
 
 
 class LinearHead(nn.Sequential):
@@ -83,25 +72,31 @@ def evaluate_head(head: nn.Module, feats: torch.Tensor, labels: torch.Tensor, ba
     return classification_metrics(torch.cat([head(feats[i:i + batch]) for i in range(0, feats.shape[0], batch)]), labels)
 
 
-def logreg_probe(loaded: Loaded, train_src, val_src, out: Path, opts: EvalOptions,
-                 options: LogRegOptions | None = None) -> dict:
+def logreg_options(cfg: LinprobeConfig, seed: int) -> LogRegOptions:
+    p = cfg.probe
+    return LogRegOptions(c_grid=tuple(p.c_grid or C_GRID), holdout=p.holdout, tol=p.tol, max_iter=p.max_iter, seed=seed)
+
+
+def logreg_probe(loaded: Loaded, train_src, val_src, out: Path, cfg: LinprobeConfig, progress: bool = False) -> dict:
     """The ``logreg`` protocol: cached eval-transform features, logistic regression fitted to convergence.
     Writes ``out/metrics.json``, ``out/log.jsonl`` and the fitted head (with its standardisation) in ``out/head.pt``."""
-    opts = with_pool(loaded, opts)
-    options = options or LogRegOptions(seed=opts.seed)
+    t, p = cfg.train, cfg.probe
+    pool = resolve_pool(loaded.config.model.arch, p.pool)
+    options = logreg_options(cfg, t.seed)
     start = time.perf_counter()
-    log = run_log(out, opts, {**opts.to_dict(), **options.to_dict()})
+    log = RunLog(out, tensorboard=t.tensorboard, wandb=t.wandb, wandb_project=t.wandb_project,
+                 wandb_name=t.wandb_name, config=cfg.to_dict())
     log.write(type="start", command="linprobe", protocol="logreg", train_images=len(train_src),
               val_images=len(val_src), checkpoint=loaded.path, classes=len(train_src.classes), **options.to_dict())
-    feats = frozen_features(loaded, train_src, val_src, opts)
+    feats = frozen_features(loaded, train_src, val_src, cfg.data, t, pool, p.feature_cache, progress)
     fit = logistic_probe(feats["train_feats"], feats["train_labels"], feats["val_feats"], feats["val_labels"], options)
     head = fit.pop("head")
     save_atomic({"format": "emae-logreg-head", "version": 1, **head, "class_names": train_src.classes,
-                 "pool": opts.pool, "checkpoint": loaded.path, "C": fit["C"]}, out / "head.pt")
+                 "pool": pool, "checkpoint": loaded.path, "C": fit["C"]}, out / "head.pt")
     metrics = {
         "command": "linprobe", "protocol": "logreg", "checkpoint": loaded.path, "source": loaded.source,
-        "train": str(train_src.root), "val": str(val_src.root), "classes": len(train_src.classes), "pool": opts.pool,
-        **fit, "seconds": round(time.perf_counter() - start, 1), "options": {**opts.to_dict(), **options.to_dict()},
+        "train": str(train_src.root), "val": str(val_src.root), "classes": len(train_src.classes), "pool": pool,
+        **fit, "seconds": round(time.perf_counter() - start, 1), "options": cfg.to_dict(),
     }
     write_metrics(out, metrics)
     log.write(type="end", **{k: metrics[k] for k in ("top1", "top5", "C", "iterations", "converged")})
@@ -109,75 +104,89 @@ def logreg_probe(loaded: Loaded, train_src, val_src, out: Path, opts: EvalOption
     return metrics
 
 
-def linear_probe(loaded: Loaded, train_src, val_src, out: Path, opts: EvalOptions, probe: ProbeOptions) -> dict:
-    """The ``mae`` protocol: train the head on augmented images through the frozen encoder; per-epoch records in
-    ``out/log.jsonl``, the last head in ``out/head.pt``, and metrics (the last epoch's, see the module doc)."""
-    opts = with_pool(loaded, opts)
-    device = resolve_device(opts.device)
-    seed_everything(opts.seed)
+class HeadEvalHook(Hook):
+    """After every epoch: the head on the cached validation features; an ``epoch`` record; kept in checkpoints."""
+
+    name = "evaluation"
+
+    def __init__(self, head: nn.Module, val_feats: torch.Tensor, val_labels: torch.Tensor, bar=None) -> None:
+        self.head, self.val_feats, self.val_labels, self.bar = head, val_feats, val_labels, bar
+        self.history: list[dict] = []
+        self.best: dict | None = None
+        self.epoch_loss = 0.0
+
+    def after_step(self, loop: Loop, info: StepInfo) -> None:
+        self.epoch_loss += float(info.loss) / loop.accum_iter
+
+    def after_epoch(self, loop: Loop) -> None:
+        result = evaluate_head(self.head, self.val_feats, self.val_labels)
+        self.head.train()
+        record = {"epoch": loop.pos.epoch, "train_loss": self.epoch_loss / loop.steps_per_epoch,
+                  "lr": loop.schedule.value(loop.pos.step - 1), **{f"val_{k}": v for k, v in result.items()}}
+        self.epoch_loss = 0.0
+        loop.log.write(type="epoch", step=loop.pos.step, **record)
+        self.history.append(record)
+        self.best = record if self.best is None or result["top1"] > self.best["val_top1"] else self.best
+
+    def state_dict(self) -> dict:
+        return {"history": self.history, "best": self.best, "epoch_loss": self.epoch_loss}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history, self.best = state.get("history", []), state.get("best")
+        self.epoch_loss = state.get("epoch_loss", 0.0)
+
+
+def linear_probe(loaded: Loaded, train_src, val_src, out: Path, cfg: LinprobeConfig, resume: Path | None = None,
+                 progress: bool = True) -> dict:
+    """The ``mae`` protocol: train the head on augmented images through the frozen encoder, on the one training
+    loop; per-epoch records in ``out/log.jsonl``, the last head in ``out/head.pt``, and metrics (the last epoch's,
+    see the module doc). ``resume``: a run checkpoint in ``out`` to continue."""
+    t, p, d = cfg.train, cfg.probe, cfg.data
+    pool = resolve_pool(loaded.config.model.arch, p.pool)
+    device = resolve_device(t.device)
+    seed_everything(t.seed)
     classes = train_src.classes
-    num_classes = len(classes)
     start = time.perf_counter()
 
-    tf = pretrain_transform(image_size(loaded, opts), (0.08, 1.0), True, *norm_stats(loaded, opts))
-    train_loader = loader(train_src, tf, opts.batch_size, opts.workers, shuffle=True, drop_last=True, seed=opts.seed)
-    steps_per_epoch = len(train_loader)
-    if steps_per_epoch == 0:
-        raise DataError(f"{len(train_src)} training images give no full batch of {opts.batch_size}; lower --batch-size")
-    feats = frozen_features(loaded, None, val_src, opts)
+    tf = pretrain_transform(image_size(loaded, d), (0.08, 1.0), True, *norm_stats(loaded, d))
+    train_loader = shuffled_loader(train_src, tf, t.batch_size, d.num_workers, t.seed)
+    if train_loader.sampler.batches_per_epoch == 0:
+        raise DataError(f"{len(train_src)} training images give no full batch of {t.batch_size}; lower --batch-size")
+    feats = frozen_features(loaded, None, val_src, d, t, pool, p.feature_cache, progress)
     val_f, val_y = feats["val_feats"].to(device), feats["val_labels"].to(device)
-    encoder = frozen_encoder(loaded, opts.pool, image_size(loaded, opts)).to(device)
-    model = LinearProbe(encoder, num_classes).to(device)
+    encoder = frozen_encoder(loaded, pool, image_size(loaded, d)).to(device)
+    model = LinearProbe(encoder, len(classes)).to(device)
+    run = TrainingRun(out, cfg.to_dict(), t, device, {"command": "linprobe", "config": cfg.to_dict()}, resume,
+                      progress)
+    run.load_weights(model)
+    lr = t.lr or t.base_lr * t.batch_size * t.accum_iter / 256
+    opt = lars(model.head, lr, t.weight_decay, t.momentum)
+    evaluation = HeadEvalHook(model.head, val_f, val_y)
 
-    lr = probe.lr or probe.base_lr * opts.batch_size / 256
-    opt = lars(model.head, lr, probe.weight_decay, probe.momentum)
-    total = probe.epochs * steps_per_epoch
-    sched = warmup_cosine_scheduler(opt, total, round(probe.warmup_epochs * steps_per_epoch), probe.min_lr)
-    log = run_log(out, opts, {**opts.to_dict(), **asdict(probe)})
-    log.write(type="start", command="linprobe", protocol="mae", lr=lr, steps_per_epoch=steps_per_epoch,
-              train_images=len(train_src), val_images=len(val_src), checkpoint=loaded.path, classes=num_classes)
+    def to_device(batch):
+        imgs, y, _ = batch
+        return imgs.to(device), y.to(device)
 
-    bar = tqdm(total=total, unit="step", disable=not opts.progress, dynamic_ncols=True)
-    step, best, history = 0, None, []
-    for epoch in range(probe.epochs):
-        model.train()
-        epoch_loss = 0.0
-        for imgs, y, _ in train_loader:
-            x, y = imgs.to(device), y.to(device)
-            sched.step_update(step)
-            with autocast(device, opts.precision):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
-            if not torch.isfinite(loss):
-                raise EmaeError(f"linear probe loss is {loss.item()} at step {step}; lower the lr (--lr)")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            epoch_loss += loss.item()
-            bar.update(1)
-            if step % probe.log_every == 0:
-                log.write(type="train", step=step, epoch=epoch, loss=loss.item(), lr=opt.param_groups[0]["lr"])
-        result = evaluate_head(model.head, val_f, val_y)
-        record = {"epoch": epoch + 1, "train_loss": epoch_loss / steps_per_epoch, "lr": opt.param_groups[0]["lr"],
-                  **{f"val_{k}": v for k, v in result.items()}}
-        log.write(type="epoch", step=step, **record)
-        history.append(record)
-        bar.set_postfix(top1=f"{result['top1']:.2f}", refresh=False)
-        best = record if best is None or result["top1"] > best["val_top1"] else best
-    bar.close()
-    final = history[-1]
+    def step_loss(batch) -> StepLoss:
+        x, y = batch
+        loss = F.cross_entropy(model(x).float(), y)
+        return StepLoss(loss, {"loss": loss}, x.shape[0])
+
+    _, result = run.fit(model, step_loss, to_device, opt, lr, train_loader, [evaluation],
+                        dict(command="linprobe", protocol="mae", train_images=len(train_src), val_images=len(val_src),
+                             checkpoint=loaded.path, classes=len(classes)))
+    if not evaluation.history:
+        return {"command": "linprobe", "protocol": "mae", "stopped": result.signal, "global_step": result.global_step}
+    final, best = evaluation.history[-1], evaluation.best
     save_atomic({"format": "emae-linear-head", "version": 1, "head": model.head.state_dict(), "classes": classes,
-                 "pool": opts.pool, "checkpoint": loaded.path, **final}, out / "head.pt")
+                 "pool": pool, "checkpoint": loaded.path, **final}, out / "head.pt")
     metrics = {
         "command": "linprobe", "protocol": "mae", "checkpoint": loaded.path, "source": loaded.source,
         "train": str(train_src.root), "val": str(val_src.root), "train_images": len(train_src),
-        "val_images": len(val_src), "classes": num_classes, "top1": final["val_top1"], "top5": final["val_top5"],
+        "val_images": len(val_src), "classes": len(classes), "top1": final["val_top1"], "top5": final["val_top5"],
         # the best epoch is chosen on the validation (test) set: optimistic, never the headline
-        "best_top1_selected_on_val": best["val_top1"], "best_epoch": best["epoch"], "epochs": probe.epochs, "lr": lr,
-        "seconds": round(time.perf_counter() - start, 1), "options": {**opts.to_dict(), **asdict(probe)},
+        "best_top1_selected_on_val": best["val_top1"], "best_epoch": best["epoch"], "epochs": t.epochs, "lr": lr,
+        "seconds": round(time.perf_counter() - start, 1), "options": cfg.to_dict(), "stopped": result.signal,
     }
     write_metrics(out, metrics)
-    log.write(type="end", **{k: metrics[k] for k in ("top1", "top5", "best_top1_selected_on_val", "best_epoch")})
-    log.close()
     return metrics

@@ -15,8 +15,9 @@ Every encoder weight loads. The classifier is the reference's: the encoder witho
 pool, a new LayerNorm (``fc_norm``, weight 1, bias 0) and the head. A SimMIM checkpoint already ran on the full grid;
 a fine-tuned classifier (``best.pt``) stores its fine-tuning window and ratios.
 
-Frozen features (``linprobe``, ``knn``, :class:`FrozenPyramid`) use the same full-grid encoder and the global
-average of the last stage after the final norm, as the UM-MAE and SimMIM papers do; there is no cls token.
+Frozen features (``linprobe``, ``knn``: :class:`~emae.eval.backbone.FrozenEncoder`) use the same full-grid encoder
+and the global average of the last stage after the final norm (``fc_norm=False``), as the UM-MAE and SimMIM papers
+do; there is no cls token.
 """
 
 from __future__ import annotations
@@ -25,15 +26,11 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
-from ..archs import PVT_FULL_SR, PYRAMID_ARCHS, sr_ratios
-from ..errors import CheckpointError, ConfigError
+from ..archs import PVT_FULL_SR, sr_ratios
+from ..errors import CheckpointError
 from ..interop.load import CLASSIFIER_FORMAT, Loaded
 from ..models import build_pyramid
 from ..models.pyramid import PyramidEncoder
-
-
-def is_pyramid(loaded: Loaded) -> bool:
-    return loaded.config.model.arch in PYRAMID_ARCHS
 
 
 def finetune_encoder(loaded: Loaded, drop_path: float = 0.0, img_size: tuple[int, int] | None = None) -> PyramidEncoder:
@@ -78,15 +75,27 @@ def load_pyramid_encoder(encoder: PyramidEncoder, loaded: Loaded) -> list[str]:
 
 class PyramidClassifier(nn.Module):
     """The reference's fine-tuning model (models_swin.py / models_pvt.py): the encoder without its final norm, a
-    global average pool, a LayerNorm (``fc_norm``, eps 1e-6) and a Linear head."""
+    global average pool, a LayerNorm (``fc_norm``, eps 1e-6) and a Linear head. With ``fc_norm`` False (frozen
+    features of a pre-trained encoder) the encoder keeps its final norm and nothing follows the pool."""
 
-    def __init__(self, encoder: PyramidEncoder, num_classes: int) -> None:
+    def __init__(self, encoder: PyramidEncoder, num_classes: int, arch: str, fc_norm: bool = True) -> None:
         super().__init__()
-        encoder.norm = nn.Identity()
-        self.encoder = encoder
+        if fc_norm:
+            encoder.norm = nn.Identity()
+        self.encoder, self.arch = encoder, arch
         self.num_features = encoder.num_features
-        self.fc_norm = nn.LayerNorm(encoder.num_features, eps=1e-6)
+        self.fc_norm = nn.LayerNorm(encoder.num_features, eps=1e-6) if fc_norm else nn.Identity()
         self.head = nn.Linear(encoder.num_features, num_classes) if num_classes else nn.Identity()
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.out_features if isinstance(self.head, nn.Linear) else 0
+
+    def spec(self) -> dict:
+        """What rebuilds this classifier (kept in a fine-tuned checkpoint): the fine-tuning geometry."""
+        return dict(arch=self.arch, img_size=list(self.encoder.img_size),
+                    window_size=getattr(self.encoder, "window_size", None),
+                    sr_ratios=getattr(self.encoder, "sr_ratios", None), num_classes=self.num_classes)
 
     def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
         return self.encoder(imgs)
@@ -123,16 +132,18 @@ class PyramidClassifier(nn.Module):
 
 
 def pyramid_classifier(loaded: Loaded, num_classes: int, drop_path: float = 0.0,
-                       img_size: tuple[int, int] | None = None, keep_head: bool = False) -> PyramidClassifier:
-    """The fine-tuning model from a UM-MAE / SimMIM checkpoint (``.reinitialised`` lists what did not load as it
-    is), or a fine-tuned classifier (``best.pt``) again, with its ``fc_norm``; ``keep_head`` loads its head."""
+                       img_size: tuple[int, int] | None = None, keep_head: bool = False,
+                       fc_norm: bool = True) -> tuple[PyramidClassifier, list[str]]:
+    """The fine-tuning model from a UM-MAE / SimMIM checkpoint, or a fine-tuned classifier (``best.pt``) again, with
+    its ``fc_norm``; ``keep_head`` loads its head. Also what did not load as it is (PVT's resampled positions)."""
     unknown = [k for k in loaded.extras if not k.startswith(("head.", "fc_norm."))]
     if unknown:
         raise CheckpointError(f"{loaded.path} has an unexpected {unknown[0]!r} for a pyramid classifier")
     encoder = finetune_encoder(loaded, drop_path, img_size)
-    model = PyramidClassifier(encoder, num_classes)
-    model.reinitialised = load_pyramid_encoder(encoder, loaded)
-    if "fc_norm.weight" in loaded.extras:
+    fine_tuned = "fc_norm.weight" in loaded.extras
+    model = PyramidClassifier(encoder, num_classes, loaded.config.model.arch, fc_norm=fc_norm or fine_tuned)
+    notes = load_pyramid_encoder(encoder, loaded)
+    if fine_tuned:
         model.fc_norm.load_state_dict({k[len("fc_norm."):]: v for k, v in loaded.extras.items()
                                        if k.startswith("fc_norm.")})
     if hasattr(encoder, "pos_embed"):
@@ -144,54 +155,7 @@ def pyramid_classifier(loaded: Loaded, num_classes: int, drop_path: float = 0.0,
         except RuntimeError:
             raise CheckpointError(f"{loaded.path}: its head ({tuple(loaded.extras['head.weight'].shape)}) does not "
                                   f"fit {num_classes} classes on {encoder.num_features} features") from None
-    model.emae_kwargs = dict(arch=loaded.config.model.arch, img_size=list(img_size or loaded.config.model.image_size),
-                             window_size=getattr(encoder, "window_size", None),
-                             sr_ratios=getattr(encoder, "sr_ratios", None), num_classes=num_classes)
-    return model
+    return model, notes
 
 
-def pyramid_pool(loaded: Loaded, pool: str | None) -> str:
-    """The frozen-feature pooling of a pyramid: 'avg' (also for None); anything else is a one-line error."""
-    if pool in (None, "avg"):
-        return "avg"
-    raise ConfigError(f"--pool {pool}: a {loaded.config.model.arch} encoder has no cls token; pyramid features are "
-                      f"the global average of the last stage (--pool avg)")
-
-
-class FrozenPyramid(nn.Module):
-    """A pyramid encoder that never trains (no gradients, always eval): one feature vector per image, the global
-    average of the last stage after the final norm, or for a fine-tuned classifier its pre-logits
-    (``fc_norm`` of the average)."""
-
-    def __init__(self, encoder: PyramidEncoder, fc_norm: nn.Module | None = None) -> None:
-        super().__init__()
-        self.encoder = encoder.requires_grad_(False).eval()
-        self.fc_norm = (fc_norm or nn.Identity()).requires_grad_(False).eval()
-        self.pool = "avg"
-        self.dim = encoder.num_features
-
-    def train(self, mode: bool = True) -> FrozenPyramid:
-        return super().train(False)
-
-    def forward(self, imgs: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self.fc_norm(self.encoder.forward_features(imgs).mean(dim=(1, 2)))
-
-
-def frozen_pyramid(loaded: Loaded, pool: str | None = "avg", img_size: tuple[int, int] | None = None) -> FrozenPyramid:
-    """The checkpoint's encoder on the full grid with the fine-tuning geometry (Swin's window x2 and PVT's ratios
-    [8, 4, 2, 1] after UM-MAE), frozen; every weight is a trained one."""
-    pyramid_pool(loaded, pool)
-    if loaded.source == CLASSIFIER_FORMAT:
-        clf = pyramid_classifier(loaded, 0, img_size=img_size)
-        frozen = FrozenPyramid(clf.encoder, clf.fc_norm)
-        frozen.reinitialised = clf.reinitialised
-        return frozen
-    encoder = finetune_encoder(loaded, 0.0, img_size)
-    frozen = FrozenPyramid(encoder)
-    frozen.reinitialised = load_pyramid_encoder(encoder, loaded)
-    return frozen
-
-
-__all__ = ["FrozenPyramid", "PyramidClassifier", "finetune_encoder", "frozen_pyramid", "is_pyramid",
-           "load_pyramid_encoder", "pyramid_classifier", "pyramid_pool"]
+__all__ = ["PyramidClassifier", "finetune_encoder", "load_pyramid_encoder", "pyramid_classifier"]

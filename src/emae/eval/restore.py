@@ -7,10 +7,8 @@ from pathlib import Path
 
 from torch import nn
 
-from ..archs import PYRAMID_ARCHS
 from ..interop.load import build_encoder, build_mae, read_checkpoint
-from .backbone import build_vit
-from .pyramid import pyramid_classifier
+from .backbone import build_classifier
 
 
 def load(path: str | Path, trust: bool = False, **hints) -> nn.Module:
@@ -18,17 +16,15 @@ def load(path: str | Path, trust: bool = False, **hints) -> nn.Module:
 
     - a checkpoint with a decoder -> :class:`~emae.models.MaskedAutoencoder` (``.extract_features(imgs, pool)``)
     - an encoder-only checkpoint -> :class:`~emae.models.ViTEncoder` (``.forward_features``, ``.extract_features``)
-    - a classifier (fine-tuned, with ``head``) -> timm ``VisionTransformer`` (``.forward_features``, ``.forward``);
-      a fine-tuned Swin / PVT (``best.pt`` of ``emae finetune``) ->
-      :class:`~emae.eval.pyramid.PyramidClassifier` (``.forward_features``, ``.forward``), the same outputs
+    - a classifier (fine-tuned, with ``head``) -> its evaluation model (:func:`emae.eval.backbone.build_classifier`:
+      timm's ``VisionTransformer`` for a ViT, :class:`~emae.eval.pyramid.PyramidClassifier` for Swin / PVT), with
+      ``.forward_features``, ``.forward_head`` and ``.forward``: the outputs it had when fine-tuned
 
     ``hints``: ``num_heads``, ``decoder_num_heads``, ``img_size`` where they cannot be inferred. Pickled files
     load weights-only; ``trust=True`` (only for files from a trusted source) unpickles them in full.
     """
     loaded = read_checkpoint(path, trust=trust, **hints)
-    if loaded.extras and loaded.config.model.arch in PYRAMID_ARCHS:
-        return pyramid_classifier(loaded, loaded.num_classes or 0, keep_head=True).eval()
     if loaded.extras:
-        pool = "avg" if "fc_norm.weight" in loaded.extras else "token"  # MAE's global pool keeps an fc_norm
-        return build_vit(loaded, num_classes=loaded.num_classes or 0, global_pool=pool, keep_head=True).eval()
+        pool = "avg" if "fc_norm.weight" in loaded.extras else "cls"  # MAE's global pool keeps an fc_norm
+        return build_classifier(loaded, loaded.num_classes or 0, pool, keep_head=True)[0].eval()
     return build_mae(loaded) if loaded.has_decoder else build_encoder(loaded)

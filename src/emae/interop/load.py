@@ -22,7 +22,7 @@ from ..config import Config, DataConfig, ModelConfig, config_from_dict, set_key
 from ..engine.checkpoint import FORMAT, FORMAT_VERSION
 from ..engine.safe_load import REFUSED, TRUST_HINT, refused_object, torch_load
 from ..errors import CheckpointError, ConfigError, UnsafeCheckpointError
-from ..models import PYRAMID_ARCHS, VIT_SIZES, MaskedAutoencoder, ViTEncoder, build_model, encoder_dims
+from ..models import VIT_SIZES, MaskedAutoencoder, ViTEncoder, build_model, encoder_dims
 from .official import State, encoder_state, from_official, is_emae_layout, is_official_layout, strip_wrappers
 
 KNOWN = "an emae checkpoint, an official MAE .pth, a timm ViT state dict (.pth/.safetensors) or a Hugging Face ViTMAE folder"
@@ -188,20 +188,38 @@ def _read_hf_folder(path: Path, trust: bool) -> Loaded:
     return Loaded(str(path), "hf", cfg, state)
 
 
-def _read_pyramid_classifier(path: Path, obj: dict) -> Loaded:
-    """A fine-tuned Swin / PVT ``best.pt``: encoder.* as the state, head.* as extras, and the fine-tuning geometry
-    (Swin's window, PVT's reduction ratios) in the model config."""
+CLASSIFIER_VERSION = 2
+
+
+def upgrade_classifier(obj: dict) -> dict:
+    """A fine-tuned classifier file in today's layout. Version 1 (emae before the one-loop refactor) kept the
+    classifier's description under ``vit``, also for Swin / PVT; version 2 names it ``classifier``."""
+    version = obj.get("version", 1)
+    if version > CLASSIFIER_VERSION:
+        raise CheckpointError(f"classifier format version {version}; this emae reads up to {CLASSIFIER_VERSION}")
+    if version == 1:
+        obj = {**obj, "version": CLASSIFIER_VERSION, "classifier": obj.get("vit") or {}}
+        obj.pop("vit", None)
+    return obj
+
+
+def _read_classifier(path: Path, obj: dict, hints: dict) -> Loaded:
+    """A fine-tuned classifier (``best.pt``, or a fine-tune's run checkpoint): its encoder as the state, head.* and
+    fc_norm.* as extras; a pyramid's fine-tuning geometry (Swin's window, PVT's reduction ratios) in its config."""
     model = ModelConfig(**obj["model_config"])
-    geometry = obj.get("vit") or {}
-    if geometry.get("window_size") is not None:
-        model.window_size = geometry["window_size"]
-    if geometry.get("sr_ratios") is not None:
-        model.sr_ratios = geometry["sr_ratios"]
     sd = obj["model"]
-    state = {k: v for k, v in sd.items() if k.startswith("encoder.")}
-    extras = {k: v for k, v in sd.items() if not k.startswith("encoder.")}
-    loaded = Loaded(str(path), CLASSIFIER_FORMAT, _config(model), state, extras, obj.get("classes"))
+    spec = obj.get("classifier") or {}
+    for key in ("window_size", "sr_ratios"):  # a pyramid's fine-tuning geometry
+        if spec.get(key) is not None:
+            setattr(model, key, spec[key])
+    if any(k.startswith("encoder.") for k in sd):  # emae's own layout (PyramidClassifier): encoder.*, fc_norm, head
+        state = {k: v for k, v in sd.items() if k.startswith("encoder.")}
+        extras = {k: v for k, v in sd.items() if not k.startswith("encoder.")}
+        loaded = Loaded(str(path), CLASSIFIER_FORMAT, _config(model), state, extras)
+    else:
+        loaded = _from_state_dict(path, sd, CLASSIFIER_FORMAT, hints, model)
     loaded.config.data = DataConfig(**obj["data"])
+    loaded.classes = obj.get("classes")
     return loaded
 
 
@@ -230,15 +248,13 @@ def read_checkpoint(path: str | Path, num_heads: int | None = None, decoder_num_
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         if obj.get("version", 0) > FORMAT_VERSION:
             raise CheckpointError(f"{path} has format version {obj['version']}; this emae reads up to {FORMAT_VERSION}")
-        cfg = config_from_dict(obj["config"])
-        return Loaded(str(path), "emae", cfg, dict(obj["model"]))
+        if obj.get("command", "pretrain") == "pretrain":
+            return Loaded(str(path), "emae", config_from_dict(obj["config"]), dict(obj["model"]))
+        if "classifier" not in obj:
+            raise CheckpointError(f"{path} is a checkpoint of `emae {obj['command']}`, which holds no encoder to load")
+        return _read_classifier(path, obj, hints)  # a fine-tune's run checkpoint: its classifier, as best.pt's
     if isinstance(obj, dict) and obj.get("format") == CLASSIFIER_FORMAT:
-        if obj["model_config"].get("arch") in PYRAMID_ARCHS:
-            return _read_pyramid_classifier(path, obj)
-        loaded = _from_state_dict(path, obj["model"], CLASSIFIER_FORMAT, hints, ModelConfig(**obj["model_config"]))
-        loaded.config.data = DataConfig(**obj["data"])
-        loaded.classes = obj.get("classes")
-        return loaded
+        return _read_classifier(path, upgrade_classifier(obj), hints)
     for key, source in (("model", "official"), ("state_dict", "timm"), ("model_state", "timm")):
         if isinstance(obj, dict) and _is_state_dict(obj.get(key)):
             return _from_state_dict(path, obj[key], source, hints)
