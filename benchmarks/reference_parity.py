@@ -244,7 +244,7 @@ def compare_finetune(ref, recipe: str, args: argparse.Namespace, dtype: torch.dt
     with torch.no_grad():
         for p in pre.parameters():
             p.add_(torch.randn_like(p) * 0.02)
-    clf = pyramid_classifier(Loaded("memory", "emae", cfg, pre.state_dict()), 1000).eval()
+    clf = pyramid_classifier(Loaded("memory", "emae", cfg, pre.state_dict()), 1000)[0].eval()
     with torch.no_grad():
         for p in [*clf.fc_norm.parameters(), *clf.head.parameters()]:
             p.add_(torch.randn_like(p) * 0.02)

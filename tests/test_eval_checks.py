@@ -32,7 +32,7 @@ def no_work(monkeypatch):
 @pytest.mark.parametrize("extra, message", [
     (["--batch-size", "16"], "12 training images give no full batch of 16"),
     (["--batch-size", "4", "--max-train", "2"], "2 training images give no full batch of 4"),  # the subset's size
-    (["--batch-size", "0"], "--batch-size: 0 must be positive"),
+    (["--batch-size", "0"], "--batch-size (train.batch_size): 0 is not allowed; must be a positive integer"),
 ])
 def test_batch_checked_before_any_work(tmp_path, capsys, no_work, command, extra, message):
     data = labelled_data(tmp_path / "d")  # 12 training images
@@ -52,7 +52,7 @@ def test_finetune_mixup_batch_checked_before_any_work(tmp_path, capsys, no_work)
     data = labelled_data(tmp_path / "d")
     assert main(["finetune", *RANDOM_TINY, "--data", str(data), "--output", str(tmp_path / "o"), "--batch-size",
                  "3", "--no-progress"]) == 2
-    assert "--batch-size 3 must be even for mixup / cutmix" in capsys.readouterr().err
+    assert "--batch-size (train.batch_size): 3 is not allowed; must be even for mixup / cutmix" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 

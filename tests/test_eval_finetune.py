@@ -14,9 +14,10 @@ import emae
 from emae.cli.main import main
 from emae.engine import read_log
 from emae.eval.backbone import build_vit
-from emae.eval.common import EvalOptions, eval_tf
+from emae.config import FinetuneTrainConfig
+from emae.eval.common import eval_tf
 from emae.eval.data import eval_sources, loader
-from emae.eval.finetune import FinetuneOptions, classifier, evaluate, optimizer
+from emae.eval.finetune import classifier, evaluate, optimizer
 from emae.interop.load import random_checkpoint, read_checkpoint
 
 from evalkit import labelled_data, save_emae_checkpoint
@@ -36,8 +37,8 @@ def layer_id(name: str, depth: int) -> int:
 def test_layer_decay_groups_follow_the_formula(pool):
     depth, decay = 3, 0.5
     loaded = random_checkpoint(tiny_config(f"model.depth={depth}").model)
-    model = classifier(loaded, 5, FinetuneOptions(pool=pool, layer_decay=decay), None)
-    opt = optimizer(model, 1e-3, FinetuneOptions(layer_decay=decay))
+    model, _ = classifier(loaded, 5, FinetuneTrainConfig(pool=pool, layer_decay=decay), None)
+    opt = optimizer(model, 1e-3, FinetuneTrainConfig(), decay)
     names = {id(p): n for n, p in model.named_parameters()}
     seen = set()
     for group in opt.param_groups:
@@ -106,10 +107,10 @@ def test_cli_finetune_end_to_end(tmp_path, capsys):
     tb = tb_scalars(out / "tb")  # TensorBoard has every number of the log, at its step
     assert tb["train/loss"] == [(r["step"], pytest.approx(r["loss"])) for r in steps]
     assert tb["epoch/val_top1"] == [(r["step"], pytest.approx(r["val_top1"])) for r in epochs]
-    assert {"train/lr", "epoch/ema_val_top1", "epoch/train_loss", "end/best_top1"} <= set(tb)
+    assert {"train/lr", "epoch/ema_val_top1", "epoch/train_loss", "summary/best_top1"} <= set(tb)
     clf = emae.load(out / "best.pt")  # a classifier: the timm ViT with its head, pooling as trained
     loaded = read_checkpoint(out / "best.pt")
-    val = loader(eval_sources(data / "train", data / "val", 3)[1], eval_tf(loaded, EvalOptions()), 4)
+    val = loader(eval_sources(data / "train", data / "val", 3)[1], eval_tf(loaded), 4)
     assert evaluate(clf, val, torch.device("cpu"), "fp32")["top1"] == metrics["best_top1"]
     assert main(["plot", str(out)]) == 0 and (out / "curves.png").stat().st_size > 5000
 

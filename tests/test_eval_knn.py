@@ -101,7 +101,7 @@ def test_knn_from_emae_checkpoint_at_another_resolution(tmp_path, capsys):
     data = labelled_data(tmp_path / "d")
     assert main(["knn", str(ckpt), "--data", str(data), "--output", str(tmp_path / "o"), "--img-size", "24",
                  "--pool", "avg", "--no-progress"]) == 0
-    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["options"]["img_size"] == 24
+    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["options"]["data"]["img_size"] == 24
 
 
 def test_centring_recovers_a_class_signal_along_a_common_offset():
@@ -143,7 +143,7 @@ def test_k_above_the_training_set_is_reported_under_the_k_used(tmp_path, capsys)
 def test_error_subset_size_not_positive(tmp_path, capsys, bad):
     data = labelled_data(tmp_path / "d")
     err = one_line_error(capsys, ["knn", *RANDOM_TINY, "--data", str(data), "--output", str(tmp_path / "o"), *bad])
-    assert f"{bad[0]}: {bad[1]} must be positive" in err
+    assert f"{bad[0]} (data.{bad[0][2:].replace('-', '_')}): {bad[1]} is not allowed; must be a positive" in err
     assert not (tmp_path / "o").exists()
 
 

@@ -163,11 +163,11 @@ def test_logreg_cli_errors(tmp_path, capsys):
     data = labelled_data(tmp_path / "d")
     base = ["linprobe", "random", "--embed-dim", "32", "--depth", "2", "--num-heads", "2", "--data", str(data),
             "--no-progress", "--output", str(tmp_path / "o")]
-    for extra, message in ((["--epochs", "3"], "--epochs applies to --protocol mae only"),
+    for extra, message in ((["--epochs", "3"], "--epochs (train.epochs) applies to --protocol mae only"),
                            (["--protocol", "mae", "--C", "1"], "--C applies to --protocol logreg only"),
                            (["--fast", "--protocol", "mae"], "--fast is an alias of --protocol logreg"),
-                           (["--holdout", "1.5"], "--holdout 1.5: must be between 0 and 1"),
-                           (["--C", "0"], "--C: 0.0 must be positive"),
+                           (["--holdout", "1.5"], "--holdout (probe.holdout): 1.5 is not allowed; must be between"),
+                           (["--C", "0"], "--C (probe.c_grid): [0.0] is not allowed; every C must be positive"),
                            (["--protocol", "mae", "--batch-size", "64"], "12 training images give no full batch of 64")):
         assert main(base + extra) == 2
         err = capsys.readouterr().err.strip()

@@ -11,9 +11,9 @@ import torch
 
 import emae
 from emae.cli.main import main
-from emae.eval.common import EvalOptions, eval_tf, frozen_features
+from emae.config import EvalDataConfig, EvalRunConfig, FinetuneTrainConfig
+from emae.eval.common import eval_tf, frozen_features
 from emae.eval.data import labelled_images, loader
-from emae.eval.pyramid import FrozenPyramid
 from emae.interop.load import read_checkpoint
 from emae.models import build_pyramid
 
@@ -44,10 +44,9 @@ def test_frozen_features_are_the_encoder_on_the_full_grid(tmp_path, over, method
     pre = save_checkpoint(tmp_path / "ck.pt", *over)
     loaded = read_checkpoint(tmp_path / "ck.pt")
     src = labelled_images(labelled_data(tmp_path / "d", n_train=6) / "train")
-    opts = EvalOptions(batch_size=4, progress=False)
-    f = frozen_features(loaded, src, None, opts)
+    f = frozen_features(loaded, src, None, EvalDataConfig(), EvalRunConfig(batch_size=4), None)
     assert f["train_feats"].shape == (6, 128)  # last stage: 16 x 8 channels, globally average-pooled
-    imgs = torch.cat([x for x, _, _ in loader(src, eval_tf(loaded, opts), 4)])
+    imgs = torch.cat([x for x, _, _ in loader(src, eval_tf(loaded), 4)])
     with torch.no_grad():
         enc = reference_encoder(pre, method)
         direct = torch.cat([enc(x).mean(dim=(1, 2)) for x in imgs.split(4)])
@@ -64,7 +63,7 @@ def test_knn_and_linprobe_cli_on_pyramids(tmp_path, capsys, over):
     assert main(["knn", str(tmp_path / "ck.pt"), "--output", str(tmp_path / "knn"), "--k", "3", *common]) == 0
     assert capsys.readouterr().out.startswith("knn: k=3 top-1 ")
     metrics = json.loads((tmp_path / "knn" / "metrics.json").read_text())
-    assert metrics["pool"] == "avg" and metrics["options"]["pool"] == "avg"
+    assert metrics["pool"] == "avg"
     feats = {p.name.split("-")[0]: torch.load(p)["features"] for p in cache.glob("*.pt")}
     assert feats["train"].shape == (8, 128) and feats["val"].shape == (4, 128)
     assert main(["linprobe", str(tmp_path / "ck.pt"), "--output", str(tmp_path / "lin"), "--C", "1",
@@ -96,9 +95,10 @@ def test_finetuned_pyramid_best_pt_loads_back_with_the_same_outputs(tmp_path, mo
     built = []
     original = ft.classifier
     monkeypatch.setattr(ft, "classifier", lambda *a, **k: built.append(original(*a, **k)) or built[-1])
+    # one epoch of 2 steps; a run checkpoint each epoch, best.pt when the best improves
     assert main(["finetune", str(tmp_path / "ck.pt"), "--data", str(data), "--epochs", "1", "--batch-size", "4",
                  "--output", str(tmp_path / "ft"), "--no-progress", "--drop-path", "0.2"]) == 0
-    trained = built[0].eval()  # one epoch: best.pt holds these weights
+    trained = built[0][0].eval()  # one epoch: best.pt holds these weights
     back = emae.load(tmp_path / "ft" / "best.pt")
     assert type(back).__name__ == "PyramidClassifier" and not back.training
     x = torch.randn(3, 3, 32, 32)
@@ -107,12 +107,16 @@ def test_finetuned_pyramid_best_pt_loads_back_with_the_same_outputs(tmp_path, mo
         pre_logits = trained.forward_head(trained.forward_features(x), pre_logits=True)
     # frozen features of the fine-tuned checkpoint are its pooled features
     frozen = emae.eval.backbone.frozen_encoder(read_checkpoint(tmp_path / "ft" / "best.pt"), None)
-    assert isinstance(frozen, FrozenPyramid) and frozen.reinitialised == []
+    assert type(frozen.model).__name__ == "PyramidClassifier" and frozen.pool == "avg"
     assert torch.equal(frozen(x), pre_logits)
     # fine-tuning it again keeps its head
     loaded = read_checkpoint(tmp_path / "ft" / "best.pt")
-    again = ft.classifier(loaded, 2, ft.FinetuneOptions(drop_path=0.0), (32, 32))
+    again, _ = ft.classifier(loaded, 2, FinetuneTrainConfig(drop_path=0.0), (32, 32))
     assert torch.equal(again.head.weight, trained.head.weight)
+
+
+def ft_notes(loaded) -> list[str]:
+    return emae.eval.backbone.build_classifier(loaded, 0, "avg", fc_norm=False)[1]
 
 
 def test_umae_pvt_frozen_features_use_the_finetuning_ratios_and_only_trained_weights(tmp_path):
@@ -124,7 +128,8 @@ def test_umae_pvt_frozen_features_use_the_finetuning_ratios_and_only_trained_wei
     a = emae.eval.backbone.frozen_encoder(loaded, None)
     torch.manual_seed(2)
     b = emae.eval.backbone.frozen_encoder(loaded, "avg")
-    assert a.reinitialised == [] and a.encoder.sr_ratios == [8, 4, 2, 1]
+    assert a.model.encoder.sr_ratios == [8, 4, 2, 1]
+    assert ft_notes(loaded) == []  # every weight loads as it is
     x = torch.randn(2, 3, 32, 32)
     assert a.dim == 128 and a(x).shape == (2, 128) and torch.equal(a(x), b(x))
     assert not any(p.requires_grad for p in a.parameters()) and not a.train().training

@@ -255,8 +255,8 @@ def save_checkpoint(path, *overrides: str):
 
 def test_finetune_swin_loads_every_encoder_weight(tmp_path):
     pre = save_checkpoint(tmp_path / "ck.pt", *UMAE, *PYR, "model.arch=swin_t")
-    clf = pyramid_classifier(read_checkpoint(tmp_path / "ck.pt"), 10)
-    assert clf.reinitialised == [] and clf.encoder.window_size == 4 and not clf.encoder.compact
+    clf, notes = pyramid_classifier(read_checkpoint(tmp_path / "ck.pt"), 10)
+    assert notes == [] and clf.encoder.window_size == 4 and not clf.encoder.compact
     assert_encoder_loaded(clf, pre)
     assert clf(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
@@ -281,22 +281,23 @@ def test_finetune_pvt_at_new_reduction_ratios_loads_every_weight(tmp_path):
     no freshly initialised layer; the position table becomes trainable; a new resolution resamples it."""
     pre = save_checkpoint(tmp_path / "ck.pt", *UMAE, *PYR, "model.arch=pvt_t")
     loaded = read_checkpoint(tmp_path / "ck.pt")
-    clf = pyramid_classifier(loaded, 10)
-    assert clf.reinitialised == [] and pre.encoder.sr_ratios == [4, 2, 1, 1] and clf.encoder.sr_ratios == [8, 4, 2, 1]
+    clf, notes = pyramid_classifier(loaded, 10)
+    assert notes == [] and pre.encoder.sr_ratios == [4, 2, 1, 1] and clf.encoder.sr_ratios == [8, 4, 2, 1]
     assert_encoder_loaded(clf, pre)
     assert clf.encoder.pos_embed.requires_grad and "encoder.pos_embed" in clf.no_weight_decay()
     assert clf(torch.randn(2, 3, 32, 32)).shape == (2, 10)
-    bigger = pyramid_classifier(loaded, 10, img_size=(48, 48))
-    assert bigger.reinitialised == ["pos_embed (resampled)"] and bigger.encoder.pos_embed.shape == (1, 48 * 48, 16)
+    bigger, notes = pyramid_classifier(loaded, 10, img_size=(48, 48))
+    assert notes == ["pos_embed (resampled)"] and bigger.encoder.pos_embed.shape == (1, 48 * 48, 16)
     assert bigger(torch.randn(1, 3, 48, 48)).shape == (1, 10)
 
 
 def test_finetune_layer_decay_runs_through_the_stages(tmp_path):
-    from emae.eval.finetune import FinetuneOptions, optimizer
+    from emae.config import FinetuneTrainConfig
+    from emae.eval.finetune import optimizer
 
     save_checkpoint(tmp_path / "ck.pt", *UMAE, *PYR, "model.arch=swin_t")
-    clf = pyramid_classifier(read_checkpoint(tmp_path / "ck.pt"), 10)
-    opt = optimizer(clf, 1e-3, FinetuneOptions(layer_decay=0.5))
+    clf, _ = pyramid_classifier(read_checkpoint(tmp_path / "ck.pt"), 10)
+    opt = optimizer(clf, 1e-3, FinetuneTrainConfig(), 0.5)
     scale = {n: g["lr_scale"] for g in opt.param_groups for n, p in clf.named_parameters()
              if any(p is q for q in g["params"])}
     assert scale["head.weight"] == scale["fc_norm.weight"] == 1.0
@@ -304,7 +305,10 @@ def test_finetune_layer_decay_runs_through_the_stages(tmp_path):
     order = [scale[f"encoder.stages.{i}.blocks.0.attn.qkv.weight"] for i in range(4)]
     assert order == [0.5**4, 0.5**3, 0.5**2, 0.5]  # blocks 1..4 of the flat list, as the reference's lr_decay.py
     assert scale["encoder.stages.1.downsample.proj.weight"] == order[1]  # the merge belongs to its stage's first block
-    default = optimizer(clf, 1e-3, FinetuneOptions())  # UM-MAE's 0.85 for pyramids
+    from emae.eval.finetune import layer_decay
+
+    default = optimizer(clf, 1e-3, FinetuneTrainConfig(), layer_decay(read_checkpoint(tmp_path / "ck.pt"),
+                                                                      FinetuneTrainConfig()))  # UM-MAE's 0.85
     assert min(g["lr_scale"] for g in default.param_groups) == pytest.approx(0.85**5)
 
 
@@ -350,7 +354,7 @@ def test_pretrain_and_finetune_cli_end_to_end(tmp_path):
     (["method=umae", "mask.type=block", *PYR, "model.arch=swin_t"], "mask.type"),
     (["mask.type=grid", "mask.ratio=0.5"], "mask.ratio"),
     (["mask.type=grid", "model.img_size=12"], "model.img_size"),  # 3x3 grid: no 2x2 cells
-    (["model.pixel_loss=l2"], "model.pixel_loss"),
+    (["model.pixel_loss=l3"], "model.pixel_loss"),
 ])
 def test_clear_errors(overrides, key):
     with pytest.raises(ConfigError) as err:
@@ -383,7 +387,8 @@ def test_recipes_load(name):
 
 def test_pixel_loss_auto_is_l1_for_simmim_only():
     assert pixel_loss(tiny_config("method=simmim", *PYR, "model.arch=swin_t")) == "l1"
-    assert pixel_loss(tiny_config()) == "mse" and pixel_loss(tiny_config("model.pixel_loss=l1")) == "l1"
+    assert pixel_loss(tiny_config()) == "l2" and pixel_loss(tiny_config("model.pixel_loss=l1")) == "l1"
+    assert pixel_loss(tiny_config("model.pixel_loss=mse")) == "l2"  # the old spelling, with a note
     model = emae.build_model(tiny_config("model.pixel_loss=l1", "model.norm_pix_loss=false"))
     out = model(torch.randn(2, 3, 16, 16), generator=torch.Generator().manual_seed(0))
     per_patch = (out.pred - out.target).abs().mean(-1)

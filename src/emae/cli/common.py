@@ -25,6 +25,7 @@ CHECKPOINT_HELP = ("emae checkpoint, official MAE .pth (encoder-only or full), t
 TRUST_HELP = ("unpickle checkpoint files in full, which can run code stored in them: only for files from a source you "
               "trust (default: weights only, refusing anything but tensors and plain values)")
 PREFIX = "cfg:"  # argparse dest of an alias flag: cfg:<dotted key>
+FLAGS: dict[str, str] = {}  # dotted key -> the flag that is its alias (for error lines)
 
 
 def add_trust_arg(p: argparse.ArgumentParser) -> None:
@@ -37,6 +38,7 @@ def default_of(root: type, key: str) -> Any:
 
 def alias(group, root: type, flag: str, key: str, help: str, **kwargs) -> None:
     """``flag`` as an alias of the config key ``key`` (its default shown in the help)."""
+    FLAGS[key] = flag
     default = default_of(root, key)
     if "choices" not in kwargs and "action" not in kwargs:
         kwargs.setdefault("metavar", key.rsplit(".", 1)[-1].upper())
@@ -45,6 +47,7 @@ def alias(group, root: type, flag: str, key: str, help: str, **kwargs) -> None:
 
 
 def switch(group, flag: str, key: str, value: bool, help: str) -> None:
+    FLAGS[key] = flag
     group.add_argument(flag, dest=PREFIX + key, action="store_const", const=value, default=None, help=help)
 
 
@@ -117,9 +120,18 @@ def load_eval_config(args: argparse.Namespace, root: type, saved: dict | None = 
         flags["checkpoint"] = args.checkpoint
     if args.trust_checkpoint:
         flags["trust_checkpoint"] = True
-    if saved is not None and not args.config:
-        return load(root, None, args.overrides, flags, data=saved)
-    return load(root, args.config, args.overrides, flags)
+    try:
+        if saved is not None and not args.config:
+            return load(root, None, args.overrides, flags, data=saved)
+        return load(root, args.config, args.overrides, flags)
+    except ConfigError as e:
+        raise ConfigError(with_flag(str(e), flags)) from None
+
+
+def with_flag(message: str, flags: dict) -> str:
+    """An error about a key set by its flag names the flag too: ``--holdout (probe.holdout): ...``."""
+    key, _, rest = message.partition(":")
+    return f"{FLAGS[key]} ({key}):{rest}" if key in flags and key in FLAGS else message
 
 
 def run_section(cfg) -> Any:

@@ -145,6 +145,12 @@ class EpochEvalHook(Hook):
         if self.bar is not None:
             self.bar.set_postfix(top1=f"{record['val_top1']:.2f}", best=f"{self.best['top1']:.2f}", refresh=False)
 
+    def on_end(self, loop: Loop) -> None:
+        if self.history:
+            final = self.history[-1]
+            loop.log.write(type="summary", step=loop.pos.step, top1=final["val_top1"], top5=final["val_top5"],
+                           best_top1=self.best["top1"], best_epoch=self.best["epoch"])
+
     def state_dict(self) -> dict:
         return {"history": self.history, "best": self.best, "epoch_loss": self.epoch_loss}
 

@@ -128,6 +128,12 @@ class HeadEvalHook(Hook):
         self.history.append(record)
         self.best = record if self.best is None or result["top1"] > self.best["val_top1"] else self.best
 
+    def on_end(self, loop: Loop) -> None:
+        if self.history:
+            final = self.history[-1]
+            loop.log.write(type="summary", step=loop.pos.step, top1=final["val_top1"], top5=final["val_top5"],
+                           best_top1_selected_on_val=self.best["val_top1"], best_epoch=self.best["epoch"])
+
     def state_dict(self) -> dict:
         return {"history": self.history, "best": self.best, "epoch_loss": self.epoch_loss}
 
