@@ -9,8 +9,9 @@ from typing import Any
 from .evaluation import (EvalDataConfig, EvalRunConfig, FinetuneConfig, FinetuneTrainConfig, KnnConfig, KnnOptions,
                          LinprobeConfig, ProbeConfig, ProbeTrainConfig, SourceConfig)
 from .loop import LoopConfig, RunConfig
-from .pretrain import (IMAGENET_MEAN, IMAGENET_STD, METHODS, Config, ConsistencyConfig, DataConfig, MaskConfig,
-                       ModelConfig, MonitorConfig, TrainConfig)
+from .checks import METHODS
+from .pretrain import (IMAGENET_MEAN, IMAGENET_STD, Config, ConsistencyConfig, DataConfig, MaskConfig, ModelConfig,
+                       MonitorConfig, TrainConfig)
 from .typed import load, parse_override, resolve_recipe, set_key
 from .typed import all_keys as _all_keys
 

@@ -6,12 +6,21 @@ from __future__ import annotations
 from ..archs import check_method_mask, check_model
 from ..errors import ConfigError
 from .loop import check_loop
-from .pretrain import DIST_BACKENDS, DISTRIBUTED, FSDP_CHECKPOINTS, LR_BATCH_UNITS, METHODS, PIXEL_LOSSES, Config
 from .typed import choose, positive, require
 
+METHODS = ("mae", "emae", "umae", "simmim")
+# emae: a parallel mask (K parts per image) + self-consistency; umae: uniform masks (ViT, Swin, PVT);
+# simmim: a pyramid encoder on all tokens with mask tokens (UM-MAE's baseline)
+PIXEL_LOSSES = ("auto", "l2", "l1")
+DISTRIBUTED = ("auto", "none", "ddp", "fsdp")
+DIST_BACKENDS = ("auto", "nccl", "gloo")
+FSDP_CHECKPOINTS = ("full", "sharded")
+LR_BATCH_UNITS = ("images", "sequences")
 
-def validate(cfg: Config) -> None:
-    """Check every value's range and the combinations that must agree."""
+
+def validate(cfg) -> None:
+    """Check every value's range and the combinations that must agree, of a pre-training
+    :class:`~emae.config.Config`."""
     from ..losses import DISTANCES
     from ..masks import CELL_MASKS, MASKS, PARALLEL_MASKS, UNIFORM_MASKS, num_parts
     from ..masks.uniform import check_cells

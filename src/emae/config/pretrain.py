@@ -111,19 +111,6 @@ class Config:
         return dataclasses.asdict(self)
 
     def validate(self) -> None:
-        from .checks import validate
+        from .checks import validate  # the checks read this module's dataclasses only through the instance
 
         validate(self)
-
-
-METHODS = ("mae", "emae", "umae", "simmim")
-# emae: a parallel mask (K parts per image) + self-consistency; umae: uniform masks (ViT, Swin, PVT);
-# simmim: a pyramid encoder on all tokens with mask tokens (UM-MAE's baseline)
-PRECISIONS = ("fp32", "bf16", "fp16")
-PIXEL_LOSSES = ("auto", "l2", "l1")
-DISTRIBUTED = ("auto", "none", "ddp", "fsdp")
-DIST_BACKENDS = ("auto", "nccl", "gloo")
-FSDP_CHECKPOINTS = ("full", "sharded")
-LR_BATCH_UNITS = ("images", "sequences")
-
-
