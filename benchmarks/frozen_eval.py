@@ -11,7 +11,8 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from emae.eval.common import EvalOptions, frozen_features
+from emae.config import EvalDataConfig, EvalRunConfig
+from emae.eval.common import frozen_features
 from emae.eval.data import eval_sources
 from emae.eval.knn import knn_eval
 from emae.eval.logreg import LogRegOptions, logistic_probe
@@ -24,10 +25,11 @@ class FrozenEval:
     def __init__(self, data: Path, train_images: int | None, test_images: int | None, cache: Path,
                  batch_size: int = 500, pool: str = "avg") -> None:
         self.train_src, self.val_src = eval_sources(data / "train", data / "test", 3, train_images, test_images)
-        self.opts = EvalOptions(batch_size=batch_size, progress=False, feature_cache=str(cache), pool=pool)
+        self.data, self.run = EvalDataConfig(), EvalRunConfig(batch_size=batch_size)
+        self.pool, self.cache = pool, str(cache)
 
     def loaded(self, loaded: Loaded) -> dict:
-        f = frozen_features(loaded, self.train_src, self.val_src, self.opts)
+        f = frozen_features(loaded, self.train_src, self.val_src, self.data, self.run, self.pool, self.cache)
         probe = logistic_probe(f["train_feats"], f["train_labels"], f["val_feats"], f["val_labels"], LogRegOptions())
         classes = len(self.train_src.classes)
         knn = knn_eval(f["train_feats"], f["train_labels"], f["val_feats"], f["val_labels"], classes, ks=(20,))

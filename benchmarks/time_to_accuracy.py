@@ -105,7 +105,7 @@ def calibrate_phase(args: argparse.Namespace, root: Path) -> None:
             cfg = run_config(f"{variant}-s0", args, root / f"calibrate-{variant}", steps=args.calibrate_steps + 2)
             cfg.train.num_vis, cfg.train.save_every_steps = 0, 0
             timer = StepTimer(warmup=2)
-            pretrain(cfg, overwrite=True, progress=False, timer=timer)
+            pretrain(cfg, overwrite=True, progress=False, hooks=[timer])
             times.setdefault(variant, []).extend(timer.step_times)
     old = json.loads((root / "rates.json").read_text()) if (root / "rates.json").exists() else {}
     rates = {**old, **{v: 1.0 / statistics.median(t) for v, t in times.items()}}
@@ -143,7 +143,7 @@ def eval_phase(args: argparse.Namespace, root: Path) -> None:
 def consistency_phase(args: argparse.Namespace, root: Path) -> None:
     """Prediction consistency of each named run's last checkpoint (and of random init, for scale): the same 256
     test images and the same 10 random masks for every model; reconstruction error beside it."""
-    from emae.eval.common import EvalOptions, eval_tf
+    from emae.eval.common import eval_tf
     from emae.eval.consistency import measure_consistency
     from emae.eval.data import eval_sources
     from emae.interop.load import build_mae, read_checkpoint
@@ -158,7 +158,7 @@ def consistency_phase(args: argparse.Namespace, root: Path) -> None:
         if key in done:
             continue
         loaded = read_checkpoint(path)
-        tf = eval_tf(loaded, EvalOptions())
+        tf = eval_tf(loaded)
         imgs = torch.stack([tf(test.fetch(i)[0]) for i in picks])
         result = measure_consistency(build_mae(loaded, mask_type="random"), imgs.split(64), rounds=10, ratio=0.75)
         done[key] = {"step": load_checkpoint(path)["global_step"], **result}

@@ -218,11 +218,11 @@ def test_one_process_group_with_mixed_precision(tmp_path, mode, precision):
     assert (state["scaler"]["scale"] > 1) if precision == "fp16" else state["scaler"] == {}
 
 
-@needs_gloo
 PYRAMID = ["method=umae", "mask.type=uniform", "model.depth=null", "model.img_size=32", "model.patch_size=4",
            "model.embed_dim=16", "model.depths=[1,1,1,1]", "model.num_heads=1", "model.window_size=2"]
 
 
+@needs_gloo
 @pytest.mark.parametrize("overrides", [[*PYRAMID, "model.arch=swin_t"],
                                        [*PYRAMID, "model.arch=pvt_s", "method=simmim", "mask.type=random"]],
                          ids=["umae-swin", "simmim-pvt"])

@@ -39,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data import open_images
-    from ..engine.trainer import vis_batch
+    from ..engine.pictures import vis_batch
     from ..errors import ConfigError
     from ..interop.load import build_mae, read_checkpoint
     from ..viz import save_reconstruction

@@ -7,12 +7,11 @@ protocol: §A.2); the shipped recipes in ``configs/`` cite theirs.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 from .loop import LoopConfig, RunConfig, check_loop, check_run
-from .typed import choose, positive, require
+from .typed import RootConfig, choose, positive, require
 
 POOLS = ("cls", "avg")  # a feature vector per image: the cls token, or the mean of the patch tokens (pyramids: avg)
 CENTERINGS = ("both", "none", "train-mean")
@@ -77,7 +76,7 @@ class FinetuneTrainConfig(LoopConfig):
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(RootConfig):
     checkpoint: str | None = None  # emae, official MAE, timm, safetensors, Hugging Face folder, or 'random'
     trust_checkpoint: bool = False  # unpickle in full (can run code from the file): trusted files only
     output_dir: str | None = None  # None: runs/finetune-<timestamp>
@@ -86,9 +85,6 @@ class FinetuneConfig:
     train: FinetuneTrainConfig = field(default_factory=FinetuneTrainConfig)
 
     command = "finetune"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     def validate(self) -> None:
         t = self.train
@@ -135,7 +131,7 @@ class ProbeTrainConfig(LoopConfig):
 
 
 @dataclass
-class LinprobeConfig:
+class LinprobeConfig(RootConfig):
     checkpoint: str | None = None
     trust_checkpoint: bool = False
     output_dir: str | None = None
@@ -145,9 +141,6 @@ class LinprobeConfig:
     train: ProbeTrainConfig = field(default_factory=ProbeTrainConfig)
 
     command = "linprobe"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     def validate(self) -> None:
         p = self.probe
@@ -173,7 +166,7 @@ class KnnOptions:
 
 
 @dataclass
-class KnnConfig:
+class KnnConfig(RootConfig):
     checkpoint: str | None = None
     trust_checkpoint: bool = False
     output_dir: str | None = None
@@ -183,9 +176,6 @@ class KnnConfig:
     run: EvalRunConfig = field(default_factory=EvalRunConfig)
 
     command = "knn"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     def validate(self) -> None:
         k = self.knn

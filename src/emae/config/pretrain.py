@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
 
 from .loop import LoopConfig
+from .typed import RootConfig
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -96,7 +95,7 @@ class TrainConfig(LoopConfig):
 
 
 @dataclass
-class Config:
+class Config(RootConfig):
     method: str = "mae"
     output_dir: str | None = None  # None: runs/<method>-<timestamp>
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -104,11 +103,6 @@ class Config:
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-
-    command = "pretrain"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     def validate(self) -> None:
         from .checks import validate  # the checks read this module's dataclasses only through the instance

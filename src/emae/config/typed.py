@@ -27,6 +27,18 @@ MAX_INT = 2**31 - 1  # no count, size or seed needs more; bigger ones overflow t
 Root = TypeVar("Root")
 
 
+class RootConfig:
+    """A command's whole config: its ``command`` name (the one its recipes declare), as a dict, and its checks."""
+
+    command = "pretrain"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        raise NotImplementedError
+
+
 def all_keys(obj: Any, prefix: str = "") -> list[str]:
     """Every leaf key of a config tree, dotted."""
     keys = []

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data import ImageFiles, ShardSet, TransformedImages, collate, open_images
-from ..data.subset import Subset, limit
+from ..data.subset import limit
 from ..data.shards import is_url
 from ..errors import ConfigError, DataError
 

@@ -34,7 +34,7 @@ from .backbone import build_classifier
 from .common import check_full_batch, eval_tf, image_size, norm_stats, write_metrics
 from .data import loader
 from .knn import classification_metrics
-from .training import TrainingRun, shuffled_loader
+from .training import EpochRecords, TrainingRun, shuffled_loader
 
 
 def keep_head(loaded: Loaded, num_classes: int, t: FinetuneTrainConfig) -> bool:
@@ -107,56 +107,34 @@ class EmaHook(Hook):
             self.ema.module.load_state_dict(state)
 
 
-class EpochEvalHook(Hook):
-    """After every epoch: top-1 / top-5 on the validation set (and the EMA's), an ``epoch`` record, ``best.pt``
-    when the best weights improve. ``history`` and ``best`` are kept in checkpoints."""
+class EpochEvalHook(EpochRecords):
+    """After every epoch: top-1 / top-5 on the validation set (and the EMA's); ``best.pt`` when the best weights
+    improve."""
 
-    name = "evaluation"
+    def __init__(self, val_loader, describe: dict, out: Path, precision: str, ema: EmaHook | None = None) -> None:
+        super().__init__()
+        self.val_loader, self.describe, self.out, self.precision, self.ema = val_loader, describe, out, precision, ema
 
-    def __init__(self, val_loader, describe: dict, out: Path, precision: str, ema: EmaHook | None = None,
-                 bar=None) -> None:
-        self.val_loader, self.describe, self.out, self.precision, self.ema, self.bar = (
-            val_loader, describe, out, precision, ema, bar)
-        self.history: list[dict] = []
-        self.best: dict | None = None
-        self.epoch_loss = 0.0
-
-    def after_step(self, loop: Loop, info: StepInfo) -> None:
-        self.epoch_loss += float(info.loss) / loop.accum_iter
-
-    def after_epoch(self, loop: Loop) -> None:
+    def record(self, loop: Loop) -> dict:
         result = evaluate(loop.model, self.val_loader, loop.device, self.precision)
-        record = {"epoch": loop.pos.epoch, "train_loss": self.epoch_loss / loop.steps_per_epoch,
-                  "lr": loop.schedule.value(loop.pos.step - 1), **{f"val_{k}": v for k, v in result.items()}}
-        self.epoch_loss = 0.0
-        candidates = [("model", record["val_top1"], loop.model)]
+        record = {f"val_{k}": v for k, v in result.items()}
+        candidates = [("model", result["top1"], loop.model)]
         if self.ema is not None:
             ema_result = evaluate(self.ema.ema.module, self.val_loader, loop.device, self.precision)
             record.update({f"ema_val_{k}": v for k, v in ema_result.items()})
             candidates.append(("ema", ema_result["top1"], self.ema.ema.module))
-        loop.log.write(type="epoch", step=loop.pos.step, **record)
-        self.history.append(record)
         weights, top1, module = max(candidates, key=lambda c: c[1])
         if self.best is None or top1 > self.best["top1"]:
             self.best = {"top1": top1, "top5": record["ema_val_top5" if weights == "ema" else "val_top5"],
                          "epoch": loop.pos.epoch, "weights": weights}
             save_atomic({"format": CLASSIFIER_FORMAT, "version": CLASSIFIER_VERSION, "model": module.state_dict(),
                          **self.describe, **self.best}, self.out / "best.pt")
-        if self.bar is not None:
-            self.bar.set_postfix(top1=f"{record['val_top1']:.2f}", best=f"{self.best['top1']:.2f}", refresh=False)
+        return record
 
-    def on_end(self, loop: Loop) -> None:
-        if self.history:
-            final = self.history[-1]
-            loop.log.write(type="summary", step=loop.pos.step, top1=final["val_top1"], top5=final["val_top5"],
-                           best_top1=self.best["top1"], best_epoch=self.best["epoch"])
-
-    def state_dict(self) -> dict:
-        return {"history": self.history, "best": self.best, "epoch_loss": self.epoch_loss}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.history, self.best = state.get("history", []), state.get("best")
-        self.epoch_loss = state.get("epoch_loss", 0.0)
+    def summary(self) -> dict:
+        final = self.history[-1]
+        return dict(top1=final["val_top1"], top5=final["val_top5"], best_top1=self.best["top1"],
+                    best_epoch=self.best["epoch"])
 
 
 def criterion_for(t: FinetuneTrainConfig, mixup: Mixup | None) -> nn.Module:

@@ -26,7 +26,7 @@ from ..config import LinprobeConfig
 from ..data import pretrain_transform
 from ..engine.atomic import save_atomic
 from ..engine.device import resolve_device, seed_everything
-from ..engine.loop import Hook, Loop, StepInfo, StepLoss
+from ..engine.loop import Loop, StepLoss
 from ..engine.tracking import RunLog
 from ..errors import DataError
 from ..interop.load import Loaded
@@ -34,7 +34,7 @@ from .backbone import FrozenEncoder, frozen_encoder
 from .common import frozen_features, image_size, norm_stats, write_metrics
 from .knn import classification_metrics
 from .logreg import C_GRID, LogRegOptions, logistic_probe
-from .training import TrainingRun, shuffled_loader
+from .training import EpochRecords, TrainingRun, shuffled_loader
 
 
 class LinearHead(nn.Sequential):
@@ -104,42 +104,24 @@ def logreg_probe(loaded: Loaded, train_src, val_src, out: Path, cfg: LinprobeCon
     return metrics
 
 
-class HeadEvalHook(Hook):
-    """After every epoch: the head on the cached validation features; an ``epoch`` record; kept in checkpoints."""
+class HeadEvalHook(EpochRecords):
+    """After every epoch: the head on the cached validation features."""
 
-    name = "evaluation"
+    def __init__(self, head: nn.Module, val_feats: torch.Tensor, val_labels: torch.Tensor) -> None:
+        super().__init__()
+        self.head, self.val_feats, self.val_labels = head, val_feats, val_labels
 
-    def __init__(self, head: nn.Module, val_feats: torch.Tensor, val_labels: torch.Tensor, bar=None) -> None:
-        self.head, self.val_feats, self.val_labels, self.bar = head, val_feats, val_labels, bar
-        self.history: list[dict] = []
-        self.best: dict | None = None
-        self.epoch_loss = 0.0
-
-    def after_step(self, loop: Loop, info: StepInfo) -> None:
-        self.epoch_loss += float(info.loss) / loop.accum_iter
-
-    def after_epoch(self, loop: Loop) -> None:
+    def record(self, loop: Loop) -> dict:
         result = evaluate_head(self.head, self.val_feats, self.val_labels)
         self.head.train()
-        record = {"epoch": loop.pos.epoch, "train_loss": self.epoch_loss / loop.steps_per_epoch,
-                  "lr": loop.schedule.value(loop.pos.step - 1), **{f"val_{k}": v for k, v in result.items()}}
-        self.epoch_loss = 0.0
-        loop.log.write(type="epoch", step=loop.pos.step, **record)
-        self.history.append(record)
-        self.best = record if self.best is None or result["top1"] > self.best["val_top1"] else self.best
+        if self.best is None or result["top1"] > self.best["val_top1"]:
+            self.best = {"epoch": loop.pos.epoch, **{f"val_{k}": v for k, v in result.items()}}
+        return {f"val_{k}": v for k, v in result.items()}
 
-    def on_end(self, loop: Loop) -> None:
-        if self.history:
-            final = self.history[-1]
-            loop.log.write(type="summary", step=loop.pos.step, top1=final["val_top1"], top5=final["val_top5"],
-                           best_top1_selected_on_val=self.best["val_top1"], best_epoch=self.best["epoch"])
-
-    def state_dict(self) -> dict:
-        return {"history": self.history, "best": self.best, "epoch_loss": self.epoch_loss}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.history, self.best = state.get("history", []), state.get("best")
-        self.epoch_loss = state.get("epoch_loss", 0.0)
+    def summary(self) -> dict:
+        final = self.history[-1]
+        return dict(top1=final["val_top1"], top5=final["val_top5"], best_top1_selected_on_val=self.best["val_top1"],
+                    best_epoch=self.best["epoch"])
 
 
 def linear_probe(loaded: Loaded, train_src, val_src, out: Path, cfg: LinprobeConfig, resume: Path | None = None,

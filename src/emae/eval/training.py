@@ -20,7 +20,7 @@ from ..data.loader import SeededShuffle, close_loader, ignore_stop_signals
 from ..engine.checkpoint import load_checkpoint, state_mismatch
 from ..engine.checkpointing import restore
 from ..engine.distributed import DistInfo
-from ..engine.loop import Hook, Loop, StepLoss, fit
+from ..engine.loop import Hook, Loop, StepInfo, StepLoss, fit
 from ..engine.perf import configure_backends
 from ..engine.session import LoopParts, RunResult, finish, make_loop, open_run_log
 from ..engine.signals import StopSignals
@@ -37,6 +37,47 @@ def shuffled_loader(source, transform: Callable, batch_size: int, workers: int, 
                       drop_last=True, num_workers=workers, collate_fn=collate_fn,
                       generator=torch.Generator().manual_seed(seed), persistent_workers=workers > 0,
                       worker_init_fn=ignore_stop_signals)
+
+
+class EpochRecords(Hook):
+    """The per-epoch evaluation of a training command: the mean training loss of the epoch, an ``epoch`` record
+    (``record`` adds the scores), the history and the best so far, kept in checkpoints (key ``evaluation``), and a
+    ``summary`` record at the end (``summary`` gives it)."""
+
+    name = "evaluation"
+
+    def __init__(self) -> None:
+        self.history: list[dict] = []
+        self.best: dict | None = None
+        self.epoch_loss = 0.0
+
+    def record(self, loop: Loop) -> dict:
+        raise NotImplementedError
+
+    def summary(self) -> dict:
+        raise NotImplementedError
+
+    def after_step(self, loop: Loop, info: StepInfo) -> None:
+        self.epoch_loss += float(info.loss) / loop.accum_iter
+
+    def after_epoch(self, loop: Loop) -> None:
+        base = {"epoch": loop.pos.epoch, "train_loss": self.epoch_loss / loop.steps_per_epoch,
+                "lr": loop.schedule.value(loop.pos.step - 1)}
+        self.epoch_loss = 0.0
+        record = {**base, **self.record(loop)}
+        loop.log.write(type="epoch", step=loop.pos.step, **record)
+        self.history.append(record)
+
+    def on_end(self, loop: Loop) -> None:
+        if self.history:
+            loop.log.write(type="summary", step=loop.pos.step, **self.summary())
+
+    def state_dict(self) -> dict:
+        return {"history": self.history, "best": self.best, "epoch_loss": self.epoch_loss}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history, self.best = state.get("history", []), state.get("best")
+        self.epoch_loss = state.get("epoch_loss", 0.0)
 
 
 @dataclass

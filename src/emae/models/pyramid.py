@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from ..archs import stem_stride
-from ..errors import ConfigError
 from ..masks import Mask
 from ..masks.compact import compact_grid, pack_image, true_coords
 from .init import init_mae_weights, init_patch_embed
