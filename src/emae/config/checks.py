@@ -62,7 +62,7 @@ def validate(cfg) -> None:
             f"need one positive value per channel ({m.in_chans})")
     require(d.num_workers >= 0, "data.num_workers", d.num_workers, "must be >= 0")
     positive(d, "data.", "shuffle_buffer", allow_none=False)
-    choose(d.decode, "data.decode", ("cpu", "device"))
+    require(d.decode in ("cpu", "device"), "data.decode", d.decode, "choose cpu or device")
     if d.decode == "device":
         require(d.path is not None, "data.decode", d.decode, "device decoding reads image files: give data.path")
         require(not d.cache, "data.decode", d.decode, "device decoding and data.cache=true exclude each other")
