@@ -20,7 +20,7 @@ from emae.config import ModelConfig
 from emae.errors import ConfigError
 from emae.interop.dense_export import export_dense, vitdet
 from emae.interop.load import random_checkpoint, read_checkpoint
-from emae.interop.swin_export import patch_merging
+from emae.interop.swin_export import framework_merge, patch_merging
 from emae.models import build_pyramid
 from emae.models.pyramid import ConvMerge, grid_coords
 
@@ -222,16 +222,6 @@ def emae_stages(enc, x: torch.Tensor) -> list[torch.Tensor]:
     return outs + [enc.norm(t)]
 
 
-def group_norm_merge(self: ConvMerge, x: torch.Tensor) -> torch.Tensor:
-    """emae's ConvMerge with the one documented approximation: the LayerNorm over each 2x2 group's 4C channels
-    (its own affine and conv bias kept)."""
-    b, h, w, c = x.shape
-    g = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(2, 3).reshape(b, h // 2, w // 2, 4 * c)
-    g = F.layer_norm(g, (4 * c,), eps=self.norm.eps).reshape(b, h // 2, w // 2, 2, 2, c).transpose(2, 3)
-    y = g.reshape(b, h, w, c) * self.norm.weight + self.norm.bias
-    return self.proj(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-
-
 def test_swin_export_keys_tables_and_stage_outputs(swin_ck, tmp_path, monkeypatch):
     path, pre = swin_ck
     out = tmp_path / "swin.pth"
@@ -256,7 +246,7 @@ def test_swin_export_keys_tables_and_stage_outputs(swin_ck, tmp_path, monkeypatc
     rel = [float((a - b).norm() / a.norm()) for a, b in zip(ours, theirs)]
     assert rel[0] < 1e-5, rel  # stem, blocks, shifted windows, position tables: exact
     assert 1e-3 < min(rel[1:]), rel  # after a merge: not equal (per-token vs per-group statistics) ...
-    monkeypatch.setattr(ConvMerge, "forward", group_norm_merge)
+    monkeypatch.setattr(ConvMerge, "forward", framework_merge)
     with torch.no_grad():
         approx = emae_stages(enc, x)
     rel = [float((a - b).norm() / a.norm()) for a, b in zip(approx, theirs)]

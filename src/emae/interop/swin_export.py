@@ -111,6 +111,17 @@ def swin_state(encoder: State, window: int) -> tuple[State, dict]:
     return out, {"approximate": approximate, "fresh": fresh, "left_out": left_out, "fold_residual": residual}
 
 
+def framework_merge(merge, x: torch.Tensor) -> torch.Tensor:
+    """What the framework's ``PatchMerging`` computes from emae's ``ConvMerge`` (``merge``) after the conversion:
+    the LayerNorm over the 4C channels of each 2x2 group instead of each token's C; (B, H, W, C) -> (B, H/2, W/2, C').
+    For measuring the approximation; emae's encoder never uses it."""
+    b, h, w, c = x.shape
+    g = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(2, 3).reshape(b, h // 2, w // 2, 4 * c)
+    g = torch.nn.functional.layer_norm(g, (4 * c,), eps=merge.norm.eps)
+    y = g.reshape(b, h // 2, w // 2, 2, 2, c).transpose(2, 3).reshape(b, h, w, c) * merge.norm.weight + merge.norm.bias
+    return merge.proj(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
 def swin_backbone_args(model, window: int) -> dict:
     """mmdet's / mmseg's ``SwinTransformer`` arguments for this encoder (``model``: the encoder's ModelConfig)."""
     from ..archs import pyramid_dims, stem_stride
@@ -121,5 +132,5 @@ def swin_backbone_args(model, window: int) -> dict:
     return {"type": "SwinTransformer", "pretrain_img_size": list(model.image_size), "in_channels": model.in_chans,
             "embed_dims": dims[0], "patch_size": stride, "strides": [stride, 2, 2, 2], "window_size": window,
             "mlp_ratio": int(ratio) if float(ratio).is_integer() else ratio, "depths": depths, "num_heads": heads,
-            "qkv_bias": True, "patch_norm": True, "use_abs_pos_embed": False, "convert_weights": False,
+            "qkv_bias": True, "patch_norm": True, "use_abs_pos_embed": False,
             "out_indices": [0, 1, 2, 3]}
