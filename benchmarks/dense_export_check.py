@@ -73,8 +73,10 @@ def compare(params: dict[str, torch.Tensor], file: dict[str, torch.Tensor], resa
     """Backbone parameters vs the file's tensors after the framework loaded it."""
     matched = [k for k, v in params.items() if k in file and v.shape == file[k].shape and torch.equal(v, file[k])]
     changed = [k for k in params if k in file and k not in matched]
-    return {"backbone_params": len(params), "matched": len(matched), "resampled": [k for k in changed if k in resampled],
-            "not_equal": [k for k in changed if k not in resampled], "missing": pattern(k for k in params if k not in file),
+    return {"backbone_params": len(params), "matched": len(matched),
+            "resampled": [k for k in changed if k in resampled],
+            "not_equal": [k for k in changed if k not in resampled],
+            "missing": pattern(k for k in params if k not in file),
             "unexpected": pattern(k for k in file if k not in params)}
 
 
@@ -262,7 +264,7 @@ def main() -> None:
         export_dense(vit_loaded, to, files[to])
     files["swin"], files["swin_w8"] = tmp / "swin_mmdet.pth", tmp / "swin_mmdet_w8.pth"
     export_dense(swin_loaded, "mmdet", files["swin"])  # the default: the fine-tuning window (16)
-    export_dense(swin_loaded, "mmdet", files["swin_w8"], window_size=8)  # tiles every stage of a 512 input
+    export_dense(swin_loaded, "mmdet", files["swin_w8"], window_size=8)  # for the forward comparison
     spec = {k: json.loads(f.with_suffix(".json").read_text()) for k, f in files.items()}
     try:
         export_dense(read_checkpoint(synthetic(tmp / "pvt.pt", PVT)), "mmdet", tmp / "pvt.pth")
@@ -280,9 +282,10 @@ def main() -> None:
     results["mmseg_mae"] = run("mmseg MAE", check_mmseg_mae, files["mmseg"], spec["mmseg"], enc, x)
 
     m = swin_loaded.config.model
-    swin_enc = build_pyramid(m, compact=False, window_size=8, img_size=(512, 512)).eval()
+    side = 16 * (m.patch_size // 4) * 8  # stage grids 16 w ... 2 w for window w = 8: no padding, shifts everywhere
+    swin_enc = build_pyramid(m, compact=False, window_size=8, img_size=(side, side)).eval()
     swin_enc.load_state_dict({k[len("encoder."):]: v for k, v in swin_loaded.state.items() if k.startswith("encoder.")})
-    xs = torch.randn(1, 3, 512, 512, generator=torch.Generator().manual_seed(0))
+    xs = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(0))
 
     def swin_check(module: str):
         def go():

@@ -19,7 +19,7 @@ from emae.cli.main import main
 from emae.config import ModelConfig
 from emae.errors import ConfigError
 from emae.interop.dense_export import export_dense, vitdet
-from emae.interop.load import random_checkpoint, read_checkpoint
+from emae.interop.load import CLASSIFIER_FORMAT, Loaded, random_checkpoint, read_checkpoint
 from emae.interop.swin_export import framework_merge, patch_merging
 from emae.models import build_pyramid
 from emae.models.pyramid import ConvMerge, grid_coords
@@ -29,12 +29,15 @@ from test_eval_knn import one_line_error
 from test_umae import PYR, UMAE, save_checkpoint
 
 # the official MAE encoder checkpoint (mae_pretrain_vit_*.pth): these top-level keys + these per block
-OFFICIAL_TOP = ["cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias", "norm.weight", "norm.bias"]
-OFFICIAL_BLOCK = ["norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
-                  "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"]
+OFFICIAL_TOP = ["cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias", "norm.weight",
+                "norm.bias"]
+OFFICIAL_BLOCK = ["norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight",
+                  "attn.proj.bias", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight",
+                  "mlp.fc2.bias"]
 VIT_BASE_SHAPES = {"cls_token": (1, 1, 768), "pos_embed": (1, 197, 768), "patch_embed.proj.weight": (768, 3, 16, 16),
                    "blocks.11.attn.qkv.weight": (2304, 768), "blocks.11.attn.qkv.bias": (2304,),
-                   "blocks.0.mlp.fc1.weight": (3072, 768), "blocks.0.mlp.fc2.weight": (768, 3072), "norm.weight": (768,)}
+                   "blocks.0.mlp.fc1.weight": (3072, 768), "blocks.0.mlp.fc2.weight": (768, 3072),
+                   "norm.weight": (768,)}
 # mmseg's MAE backbone (final_norm=True): top level + per layer; FRESH: what it initialises itself for MAE weights
 MMSEG_TOP = ["cls_token", "pos_embed", "patch_embed.projection.weight", "patch_embed.projection.bias", "ln1.weight",
              "ln1.bias"]
@@ -190,7 +193,8 @@ def mm_swin_forward(sd: dict, x: torch.Tensor, depths: list[int], heads: list[in
                 mw = img.view(1, h // w, w, wd // w, w, 1).permute(0, 1, 3, 2, 4, 5).reshape(-1, w * w)
                 mask = (mw[:, None] - mw[:, :, None]).ne(0).float() * -100.0
             win = y.view(b, h // w, w, wd // w, w, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, w * w, c)
-            q, k, v = lin(win, p + "attn.w_msa.qkv").reshape(win.shape[0], w * w, 3, heads[i], -1).permute(2, 0, 3, 1, 4)
+            qkv = lin(win, p + "attn.w_msa.qkv").reshape(win.shape[0], w * w, 3, heads[i], -1)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4)
             attn = (q * (c // heads[i]) ** -0.5) @ k.transpose(-2, -1)
             table = sd[p + "attn.w_msa.relative_position_bias_table"]
             attn = attn + table[mm_rel_index(w).view(-1)].view(w * w, w * w, -1).permute(2, 0, 1)[None]
@@ -284,6 +288,19 @@ def test_swin_window_size_option_sets_the_tables(swin_ck, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "fresh: norm0, norm1, norm2" in text and "approximate: stages.0.downsample.norm" in text
     assert json.loads((tmp_path / "s.json").read_text())["backbone"]["window_size"] == 7
+
+
+def test_finetuned_swin_classifier_exports_without_its_head(swin_ck, tmp_path):
+    """A fine-tuned best.pt: its encoder has no final norm (fc_norm after the pool) and keeps its fine-tuning window."""
+    pre = read_checkpoint(swin_ck[0])
+    state = {k: v for k, v in pre.state.items() if k.startswith("encoder.") and not k.startswith("encoder.norm.")}
+    pre.config.model.window_size = 4  # what a best.pt stores: the full-grid window
+    clf = Loaded("best.pt", CLASSIFIER_FORMAT, pre.config, state,
+                 {"head.weight": torch.zeros(10, 128), "fc_norm.weight": torch.ones(128)})
+    report = export_dense(clf, "mmdet", tmp_path / "clf.pth")
+    sd = torch.load(tmp_path / "clf.pth", weights_only=True)["state_dict"]
+    assert report.fresh == ["norm0", "norm1", "norm2", "norm3"] and not any("norm3" in k or "head" in k for k in sd)
+    assert {"head.weight", "fc_norm.weight"} <= set(report.left_out) and report.backbone["window_size"] == 4
 
 
 # ---------------------------------------------------------------- CLI and bad input

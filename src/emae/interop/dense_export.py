@@ -113,8 +113,8 @@ def vitdet(loaded: Loaded, target: str, output: Path) -> tuple[dict, DenseExport
              "resampled (bicubic) from the pre-training grid"]
     if "norm.weight" not in state:
         notes.append("no final norm: a fine-tuned classifier with global pooling keeps fc_norm instead (left out)")
-    report = DenseExport(target, str(output), into, config, args, ["blocks.*.attn.rel_pos_h", "blocks.*.attn.rel_pos_w"],
-                         unused=unused, left_out=left, notes=notes)
+    fresh = ["blocks.*.attn.rel_pos_h", "blocks.*.attn.rel_pos_w"]
+    report = DenseExport(target, str(output), into, config, args, fresh, unused=unused, left_out=left, notes=notes)
     return {"model": state}, report
 
 
@@ -171,8 +171,8 @@ def swin(loaded: Loaded, target: str, output: Path, window: int | None) -> tuple
     notes = ["approximate: PatchMerging normalises the 4C channels of each 2x2 group together where emae normalises "
              "each token over C (affine tiled, conv bias folded into the norm's bias); everything else is exact",
              f"the relative-position tables are emae's position MLP evaluated for window {window}: exact with "
-             f"window_size={window} where every stage grid is a multiple of {window} and larger (no padding; the framework "
-             f"shifts even a one-window grid, emae does not); --window-size picks another",
+             f"window_size={window} where every stage grid is a multiple of {window} and larger (no padding; the "
+             f"framework shifts even a one-window grid, emae does not); --window-size picks another",
              "LayerNorm eps: the framework's 1e-5 everywhere, emae's 1e-6 in the stem, merges and final norm"]
     if info["fold_residual"] > 1e-4:
         notes.append(f"a merge reduction is rank-deficient: its conv bias is folded only up to "

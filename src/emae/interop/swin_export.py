@@ -15,7 +15,8 @@ What maps, piece by piece (emae -> framework):
   affine is tiled over the 4 tokens, and the conv bias is folded into the norm's bias (``beta' = beta + W^+ b``, exact
   when the reduction has full row rank). Only the normalising statistics differ: per token there, per 2x2 group here;
 - fresh (the framework's own init, as for any checkpoint): the output norms of stages 1-3 (``norm0``-``norm2``),
-  which emae's encoder does not have; they act on the outputs only, not on the trunk.
+  which emae's encoder does not have (and ``norm3`` for a fine-tuned classifier, whose encoder has no final norm);
+  they act on the outputs only, not on the trunk.
 - left out: UM-MAE's secondary-mask token (pre-training only).
 """
 
@@ -107,7 +108,7 @@ def swin_state(encoder: State, window: int) -> tuple[State, dict]:
         out.update({f"stages.{stage - 1}.downsample.{k}": v for k, v in merged.items()})
         approximate.append(APPROXIMATE.format(i=stage - 1))
     stages = 1 + max(int(k.split(".")[1]) for k in out if k.startswith("stages."))
-    fresh = [f"norm{i}" for i in range(stages - 1)]
+    fresh = [f"norm{i}" for i in range(stages) if f"norm{i}.weight" not in out]  # norm3: unless emae's final norm
     return out, {"approximate": approximate, "fresh": fresh, "left_out": left_out, "fold_residual": residual}
 
 
