@@ -167,8 +167,9 @@ def check_mmseg_mae(file: Path, spec: dict, enc, x) -> dict:
     params = {k: v for k, v in mae.state_dict().items() if not k.endswith("relative_position_index")}
     out = compare(params, file_sd, resampled=("pos_embed",))
     out["buffers_not_in_file"] = pattern(k for k in mae.state_dict() if k.endswith("relative_position_index"))
-    same = MAE(**{**args, "final_norm": True, "out_indices": [args["num_layers"] - 1]}, init_cfg=pretrained).eval()
+    same = MAE(**{**args, "final_norm": True, "out_indices": [args["num_layers"] - 1]}, init_cfg=pretrained)
     same.init_weights()
+    same.eval()  # (its train() returns None, so not chained)
     out["final_norm_true_unexpected"] = pattern(k for k in file_sd if k not in same.state_dict())
     with torch.no_grad():
         out["max_rel_err_vs_emae_tokens"] = rel(vit_reference(enc, x)[1], same(x)[0])
@@ -198,7 +199,8 @@ def check_swin(cls, file: Path, spec: dict, enc, x: torch.Tensor, window_file: P
         model = cls(**{k: v for k, v in args.items() if k != "type"},
                     init_cfg=ConfigDict(type="Pretrained", checkpoint=str(path)))
         model.init_weights()
-        return model.eval()
+        model.eval()  # (its train() returns None, so not chained)
+        return model
 
     model = build(file, spec["backbone"])
     file_sd = {k[len("backbone."):]: v for k, v in torch.load(file, weights_only=True)["state_dict"].items()}

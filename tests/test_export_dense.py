@@ -19,6 +19,7 @@ from emae.cli.main import main
 from emae.config import ModelConfig
 from emae.errors import ConfigError
 from emae.interop.dense_export import export_dense, vitdet
+from emae.interop.export import export
 from emae.interop.load import CLASSIFIER_FORMAT, Loaded, random_checkpoint, read_checkpoint
 from emae.interop.swin_export import framework_merge, patch_merging
 from emae.models import build_pyramid
@@ -95,7 +96,7 @@ def test_vitdet_file_has_exactly_the_official_vit_base_keys_and_shapes(tmp_path)
 @pytest.mark.parametrize("to", ["vitdet", "mmdet"])
 def test_vitdet_export_round_trip_equals_the_encoder(vit_ck, tmp_path, to):
     out = tmp_path / "vitdet.pth"
-    export_dense(read_checkpoint(vit_ck), to, out)
+    assert export(read_checkpoint(vit_ck), to, out) == out  # the Python API's one entry point
     sd = torch.load(out, weights_only=True)["model"]
     enc = {k[len("encoder."):]: v for k, v in torch.load(vit_ck, weights_only=True)["model"].items()
            if k.startswith("encoder.")}
