@@ -6,6 +6,7 @@
   :mod:`emae.interop.huggingface`; ``from_pretrained`` loads it. An image-processor config carries mean / std.
 - safetensors: the encoder in timm's names (``decoder=True`` adds the official ``decoder_*`` keys), with emae's
   model config in the metadata so ``emae.load`` needs no guessing.
+- vitdet, mmseg, mmdet: backbones for detectron2 / mmdet / mmseg, via :mod:`emae.interop.dense_export`.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import torch
 
 from ..errors import ConfigError
 from ..models import encoder_dims
+from .dense_export import DENSE_TARGETS, export_dense
 from .load import Loaded, build_mae
 from .official import State, encoder_state, to_official
 
-TARGETS = ("timm", "hf", "safetensors")
+TARGETS = ("timm", "hf", "safetensors", *DENSE_TARGETS)
 # the timm architecture each named size starts from; the exact dims are passed as arguments
 TIMM_NAMES = {"vit_tiny": "vit_tiny_patch16_224", "vit_small": "vit_small_patch16_224",
               "vit_base": "vit_base_patch16_224", "vit_large": "vit_large_patch16_224",
@@ -105,10 +107,15 @@ def export_safetensors(loaded: Loaded, output: str | Path, decoder: bool = False
     return output
 
 
-def export(loaded: Loaded, to: str, output: str | Path, decoder: bool = False, encoder_only: bool = False) -> Path:
+def export(loaded: Loaded, to: str, output: str | Path, decoder: bool = False, encoder_only: bool = False,
+           window_size: int | None = None) -> Path:
+    if to in DENSE_TARGETS:
+        return Path(export_dense(loaded, to, output, window_size).file)
+    if window_size is not None:
+        raise ConfigError(f"--window-size is for a Swin exported --to mmdet or mmseg (not --to {to})")
     if not loaded.config.model.arch.startswith("vit"):
-        raise ConfigError(f"{loaded.path}: export supports ViT checkpoints; {loaded.config.model.arch} (UM-MAE / SimMIM "
-                          f"pyramid) checkpoints are used as they are by `emae finetune`")
+        raise ConfigError(f"{loaded.path}: --to {to} takes a ViT; {loaded.config.model.arch} (UM-MAE / SimMIM pyramid) "
+                          f"checkpoints go --to mmdet or mmseg (Swin), or as they are to `emae finetune`")
     if to == "timm":
         return export_timm(loaded, output)
     if to == "hf":
