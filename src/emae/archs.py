@@ -110,6 +110,15 @@ def sr_ratios(m: ModelLike, compact: bool) -> list[int]:
 # ---------------------------------------------------------------- pyramid geometry
 
 
+def full_grid_geometry(m: ModelLike, from_compact: bool) -> tuple[int, list[int]]:
+    """Swin's window and PVT's reduction ratios on the full grid (fine-tuning, frozen features, exports): after
+    UM-MAE's compact-grid pre-training (``from_compact``) the window doubles, so that it covers the same image area,
+    and PVT takes the reference's [8, 4, 2, 1]; a SimMIM or fine-tuned model keeps its own."""
+    if from_compact:
+        return m.window_size * 2, list(PVT_FULL_SR)
+    return m.window_size, sr_ratios(m, compact=False)
+
+
 NUM_STAGES = 4
 
 

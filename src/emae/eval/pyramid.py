@@ -26,9 +26,9 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
-from ..archs import PVT_FULL_SR, sr_ratios
+from ..archs import full_grid_geometry
 from ..errors import CheckpointError
-from ..interop.load import CLASSIFIER_FORMAT, Loaded
+from ..interop.load import Loaded, from_compact
 from ..models import build_pyramid
 from ..models.pyramid import PyramidEncoder
 
@@ -36,13 +36,10 @@ from ..models.pyramid import PyramidEncoder
 def finetune_encoder(loaded: Loaded, drop_path: float = 0.0, img_size: tuple[int, int] | None = None) -> PyramidEncoder:
     """The full-grid encoder for a checkpoint: Swin's window x2 after UM-MAE, PVT's ratios [8, 4, 2, 1] after
     UM-MAE (a SimMIM or fine-tuned checkpoint keeps its own)."""
-    cfg = loaded.config
-    m = cfg.model
     # a fine-tuned classifier stores the full-grid window and ratios already (read_checkpoint takes them from best.pt)
-    umae = cfg.method == "umae" and loaded.source != CLASSIFIER_FORMAT
-    window = m.window_size * (2 if umae else 1)
-    sr = list(PVT_FULL_SR) if umae else sr_ratios(m, compact=False)
-    return build_pyramid(m, compact=False, window_size=window, sr=sr, drop_path=drop_path, img_size=img_size)
+    window, sr = full_grid_geometry(loaded.config.model, from_compact(loaded))
+    return build_pyramid(loaded.config.model, compact=False, window_size=window, sr=sr, drop_path=drop_path,
+                         img_size=img_size)
 
 
 def load_pyramid_encoder(encoder: PyramidEncoder, loaded: Loaded) -> list[str]:

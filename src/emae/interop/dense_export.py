@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 
-from ..archs import family
+from ..archs import family, full_grid_geometry
 from ..errors import ConfigError
-from .load import CLASSIFIER_FORMAT, Loaded
+from .load import Loaded, from_compact
 from .official import State, encoder_state
 from .swin_export import swin_backbone_args, swin_state
 
@@ -156,8 +156,7 @@ def mmseg_mae(loaded: Loaded, output: Path) -> tuple[dict, DenseExport]:
 def default_window(loaded: Loaded) -> int:
     """The fine-tuning window: UM-MAE's pre-training window on the compact grid, doubled for the full grid (the rule
     of ``emae finetune``); a SimMIM or fine-tuned checkpoint keeps its own."""
-    m = loaded.config.model
-    return m.window_size * (2 if loaded.config.method == "umae" and loaded.source != CLASSIFIER_FORMAT else 1)
+    return full_grid_geometry(loaded.config.model, from_compact(loaded))[0]
 
 
 def swin(loaded: Loaded, target: str, output: Path, window: int | None) -> tuple[dict, DenseExport]:
@@ -190,6 +189,17 @@ def _own_storage(obj):
     return obj.detach().contiguous().clone()
 
 
+# (encoder family, target) -> exporter(loaded, target, output, window) -> (object to save, report)
+EXPORTERS = {("vit", "vitdet"): lambda loaded, to, out, _: vitdet(loaded, to, out),
+             ("vit", "mmdet"): lambda loaded, to, out, _: vitdet(loaded, to, out),
+             ("vit", "mmseg"): lambda loaded, to, out, _: mmseg_mae(loaded, out),
+             ("swin", "mmdet"): swin, ("swin", "mmseg"): swin}
+WINDOWED = {("swin", "mmdet"), ("swin", "mmseg")}
+REFUSED = {("swin", "vitdet"): "--to vitdet takes a plain ViT; {arch} is a pyramid encoder: export it --to mmdet or "
+                               "--to mmseg (their SwinTransformer)",
+           **{("pvt", t): "--to {to}: " + PVT_REFUSED.replace("{", "{{").replace("}", "}}") for t in DENSE_TARGETS}}
+
+
 def export_dense(loaded: Loaded, to: str, output: str | Path, window_size: int | None = None) -> DenseExport:
     """Write the backbone file for ``to`` and ``OUTPUT.json``; returns the report (the CLI prints its lines)."""
     output = Path(output)
@@ -198,20 +208,13 @@ def export_dense(loaded: Loaded, to: str, output: str | Path, window_size: int |
     if output.suffix in (".json", ".safetensors"):
         raise ConfigError(f"--output {output}: the frameworks read a torch.save file; name it .pth "
                           f"(OUTPUT.json is the side file)")
-    fam = family(loaded.config.model.arch)
-    if window_size is not None and not (fam == "swin" and to in ("mmdet", "mmseg")):
+    fam, arch = family(loaded.config.model.arch), loaded.config.model.arch
+    if window_size is not None and (fam, to) not in WINDOWED:
         raise ConfigError(f"--window-size is for a Swin exported --to mmdet or mmseg (this is a {fam}, --to {to})")
-    if fam == "pvt":
-        raise ConfigError(f"--to {to}: {PVT_REFUSED}")
-    if fam == "swin":
-        if to == "vitdet":
-            raise ConfigError(f"--to vitdet takes a plain ViT; {loaded.config.model.arch} is a pyramid encoder: "
-                              f"export it --to mmdet or --to mmseg (their SwinTransformer)")
-        obj, report = swin(loaded, to, output, window_size)
-    elif to in ("vitdet", "mmdet"):
-        obj, report = vitdet(loaded, to, output)
-    else:
-        obj, report = mmseg_mae(loaded, output)
+    if (fam, to) not in EXPORTERS:
+        raise ConfigError(REFUSED.get((fam, to), f"--to {to}: no {to} backbone takes a {arch}").format(to=to,
+                                                                                                        arch=arch))
+    obj, report = EXPORTERS[fam, to](loaded, to, output, window_size)
     output.parent.mkdir(parents=True, exist_ok=True)
     torch.save(_own_storage(obj), output)
     output.with_suffix(".json").write_text(json.dumps(asdict(report), indent=2) + "\n")

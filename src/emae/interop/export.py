@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..archs import family
 from ..errors import ConfigError
 from ..models import encoder_dims
 from .dense_export import DENSE_TARGETS, export_dense
@@ -113,7 +114,7 @@ def export(loaded: Loaded, to: str, output: str | Path, decoder: bool = False, e
         return Path(export_dense(loaded, to, output, window_size).file)
     if window_size is not None:
         raise ConfigError(f"--window-size is for a Swin exported --to mmdet or mmseg (not --to {to})")
-    if not loaded.config.model.arch.startswith("vit"):
+    if family(loaded.config.model.arch) != "vit":  # timm's VisionTransformer and HF's ViTMAE are plain ViTs
         raise ConfigError(f"{loaded.path}: --to {to} takes a ViT; {loaded.config.model.arch} (UM-MAE / SimMIM pyramid) "
                           f"checkpoints go --to mmdet or mmseg (Swin), or as they are to `emae finetune`")
     if to == "timm":

@@ -263,6 +263,11 @@ def read_checkpoint(path: str | Path, num_heads: int | None = None, decoder_num_
     raise CheckpointError(f"{path} is not {KNOWN}")
 
 
+def from_compact(loaded: Loaded) -> bool:
+    """Whether the encoder's weights come from UM-MAE's compact-grid pre-training (not yet on the full grid)."""
+    return loaded.config.method == "umae" and loaded.source != CLASSIFIER_FORMAT
+
+
 def random_checkpoint(model: ModelConfig, seed: int = 0) -> Loaded:
     """A randomly initialised encoder (MAE's init) with the given dims: the from-scratch baseline."""
     width, depth, heads = encoder_dims(model)
