@@ -134,3 +134,26 @@ def test_bad_inference_options():
         predict_logits(model, torch.randn(1, 3, 4, 4), mode="slide")
     with pytest.raises(ConfigError, match="larger than the window"):
         predict_logits(model, torch.randn(1, 3, 4, 4), mode="slide", window=(2, 2), stride=(3, 1))
+
+
+def test_picture_rows_palette_and_legend():
+    import numpy as np
+
+    from emae.viz.segmentation import CAMVID_PALETTE, colourise, default_palette, segmentation_picture
+
+    palette = default_palette(150)
+    assert len(set(palette)) == 150 and (0, 0, 0) not in palette and len(CAMVID_PALETTE) == 11
+    label = torch.tensor([[0, 1], [IGNORE, 2]])
+    assert colourise(label, palette, IGNORE).tolist() == [[list(palette[0]), list(palette[1])],
+                                                          [[0, 0, 0], list(palette[2])]]
+    labels = [torch.zeros(20, 30, dtype=torch.long), torch.full((10, 10), 2, dtype=torch.long)]
+    labels[0][:5] = IGNORE
+    preds = [torch.ones(20, 30, dtype=torch.long), torch.full((10, 10), 2, dtype=torch.long)]
+    images = [torch.zeros(3, 8, 12), torch.zeros(3, 4, 4)]  # any size: shown at the label's
+    pic = segmentation_picture(images, labels, preds, ["a", "b", "c"], [0.5] * 3, [0.2] * 3, IGNORE, height=20)
+    arr = np.asarray(pic)
+    width = 30  # every row 20 px high; the square one 20 px wide
+    assert pic.width == 3 * width + 4 * 2
+    gt_cell = arr[16 + 2 + 10, 2 + width + 2 + 5]  # first row, ground truth, below the ignore band
+    assert tuple(gt_cell) == default_palette(3)[0]
+    assert tuple(arr[16 + 2 + 2, 2 + width + 2 + 5]) == (0, 0, 0)  # ignore is black
