@@ -144,3 +144,21 @@ def test_real_camvid_random_encoder_is_above_chance(tmp_path):
     m = segprobe(tiny_random((96, 128), patch=16), train, val, tmp_path, opts)
     assert m["converged"] and 100 / 11 < m["miou"] < 60 and m["pixel_acc"] > 40
     assert m["per_class_iou"]["Sky"] > 50  # the easiest class, even for random features
+
+
+@pytest.mark.parametrize("arch,method", [("swin_t", "umae"), ("pvt_t", "simmim")])
+def test_segprobe_on_pyramid_checkpoints(tmp_path, arch, method):
+    from emae.interop.load import read_checkpoint
+
+    from test_umae import PYR, UMAE, save_checkpoint
+
+    over = [*(UMAE if method == "umae" else ["method=simmim", "mask.type=random"]), *PYR, f"model.arch={arch}"]
+    ckpt = tmp_path / "ckpt.pt"
+    save_checkpoint(ckpt, *over)
+    root = camvid_like(tmp_path / "data", n_train=6, n_val=2, size=(32, 64))
+    train, val = segmentation_splits(root, progress=False)
+    opts = SegProbeOptions(img_size=(32, 64), pixels_per_image=60, c_grid=(1.0,), progress=False, picture_images=1)
+    m = segprobe(read_checkpoint(ckpt), train, val, tmp_path, opts)
+    # patch 4: stem stride 1, the last stage at stride 8 with the final norm
+    assert m["feature_map"] == [4, 8] and m["stride"] == 8 and m["dim"] == 16 * 8 and m["converged"]
+    assert m["miou"] is not None and (tmp_path / "segprobe.png").is_file()

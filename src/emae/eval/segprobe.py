@@ -12,7 +12,9 @@ every training image with it, and its mIoU, per-class IoU, pixel accuracy and me
 validation set are computed at full label resolution from every labelled pixel.
 
 The feature maps (the frozen encoder's last map, see :mod:`emae.eval.segfeatures`) are extracted once and, with
-``feature_cache``, kept on disk.
+``feature_cache``, kept on disk; they are held in memory (N x D x h x w floats per split). Position embeddings (ViT,
+PVT) are resampled (bicubic) when ``img_size`` differs from the pre-training size (``pretrain_img_size`` in the
+metrics).
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..data.seg_transforms import SegEvalTransform
 from ..engine.atomic import save_atomic
 from ..engine.device import resolve_device
 from ..errors import ConfigError, DataError
 from ..interop.load import Loaded
+from ..models.dense import map_stride
 from ..viz.segmentation import save_segmentation_picture
 from .common import norm_stats, write_metrics
 from .logreg import LogRegOptions, _fit, feature_stats
@@ -108,8 +112,6 @@ def probe_size(loaded: Loaded, train_src, opts: SegProbeOptions) -> tuple[int, i
     if opts.img_size is not None:
         size = tuple(int(s) for s in opts.img_size)
     else:
-        from PIL import Image
-
         with Image.open(train_src.paths[0]) as img:
             w, h = img.size
         size = (max(32, h // 32 * 32), max(32, w // 32 * 32))
@@ -266,7 +268,8 @@ def segprobe(loaded: Loaded, train_src, val_src, out: Path, opts: SegProbeOption
         "command": "segprobe", "checkpoint": loaded.path, "source": loaded.source, "train": train_src.root,
         "val": val_src.root, "layout": layout.name, "classes": k, "ignore_index": ignore,
         "train_images": len(train_src), "val_images": len(val_src), "img_size": list(size),
-        "feature_map": [fmap[2], fmap[3]], "dim": fmap[1], "stride": size[0] // fmap[2],
+        "pretrain_img_size": list(loaded.config.model.image_size), "feature_map": [fmap[2], fmap[3]],
+        "dim": fmap[1], "stride": map_stride(size, (fmap[2], fmap[3])),
         "pixels_per_image": opts.pixels_per_image, "train_pixels": int(len(y)), "whitened_dims": int(z.shape[1]),
         **result,
         "C": c, "holdout": selection, "iterations": iterations, "converged": iterations < opts.max_iter,
