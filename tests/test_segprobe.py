@@ -16,12 +16,25 @@ from emae.data.segmentation import limit_pairs, segmentation_splits
 from emae.eval import segprobe as segprobe_module
 from emae.eval.segfeatures import features_at, sample_pixels
 from emae.eval.seginference import upsample
-from emae.eval.segprobe import ABSENT, SegProbeOptions, full_head, head_logits, segprobe, whitened, whitening
+from emae.config import SegprobeConfig
+from emae.eval.segprobe import ABSENT, full_head, head_logits, segprobe, whitened, whitening
 from emae.interop.load import random_checkpoint
 
 from segkit import CAMVID, camvid_like
 
 TINY = ["--arch", "vit_tiny", "--embed-dim", "32", "--depth", "2", "--num-heads", "2", "--patch-size", "8"]
+
+
+
+def probe_config(img_size, progress=False, batch_size=16, seed=0, **probe):
+    """The probe's config as the CLI builds it (data.img_size, run.*, probe.*)."""
+    cfg = SegprobeConfig(checkpoint="random")
+    cfg.data.img_size, cfg.data.path = list(img_size), "unused"
+    cfg.run.batch_size, cfg.run.seed = batch_size, seed
+    for key, value in probe.items():
+        setattr(cfg.probe, key, list(value) if isinstance(value, tuple) else value)
+    cfg.validate()
+    return cfg
 
 
 def tiny_random(size=(32, 48), patch: int = 8, seed: int = 0):
@@ -71,13 +84,13 @@ def test_pixels_are_drawn_among_labelled_ones():
 def test_segprobe_end_to_end(tmp_path, monkeypatch):
     root = camvid_like(tmp_path / "data", n_train=10, n_val=3)
     train, val = segmentation_splits(root, progress=False)
-    opts = SegProbeOptions(img_size=(32, 48), pixels_per_image=120, c_grid=(0.1, 1.0), holdout=0.2, progress=False,
+    opts = probe_config(img_size=(32, 48), pixels_per_image=120, c_grid=(0.1, 1.0), holdout=0.2, progress=False,
                            batch_size=4, feature_cache=str(tmp_path / "cache"))
     out = tmp_path / "out"
     out.mkdir()
     m = segprobe(tiny_random(), train, val, out, opts)
     stored = json.loads((out / "metrics.json").read_text())
-    assert stored["miou"] == m["miou"] and m["converged"] and m["iterations"] < opts.max_iter
+    assert stored["miou"] == m["miou"] and m["converged"] and m["iterations"] < opts.probe.max_iter
     assert m["miou"] > 60  # one colour per 8x8 block, one block per patch: easy for any encoder
     assert list(m["per_class_iou"]) == list(train.class_names) and len(m["confusion"]) == 11
     assert m["pixels"] == 3 * (32 * 48 - 4 * 12) and m["train_pixels"] == 10 * 120
@@ -110,7 +123,7 @@ def test_segprobe_command_and_its_errors(tmp_path, capsys):
     assert main([*args, "--overwrite", "--img-size", "30", "48"]) == 2
     assert "30x48 is not divisible by model.patch_size 8" in capsys.readouterr().err
     assert main([*args, "--overwrite", "--holdout", "1.5", "--C", "1", "10"]) == 2
-    assert "--holdout 1.5" in capsys.readouterr().err
+    assert "--holdout (probe.holdout): 1.5 is not allowed" in capsys.readouterr().err
     from PIL import Image
 
     Image.fromarray(np.full((32, 48), 40, np.uint8)).save(root / "val/labels/img001.png")
@@ -125,7 +138,7 @@ def test_segprobe_is_deterministic_and_the_seed_draws_the_pixels(tmp_path):
 
     def run(seed, name):
         (tmp_path / name).mkdir()
-        opts = SegProbeOptions(img_size=(32, 48), pixels_per_image=40, c_grid=(1.0,), progress=False, seed=seed,
+        opts = probe_config(img_size=(32, 48), pixels_per_image=40, c_grid=(1.0,), progress=False, seed=seed,
                                picture_images=0)
         return segprobe(tiny_random(), train, val, tmp_path / name, opts)
 
@@ -140,7 +153,7 @@ def test_segprobe_is_deterministic_and_the_seed_draws_the_pixels(tmp_path):
 def test_real_camvid_random_encoder_is_above_chance(tmp_path):
     train, val = segmentation_splits(CAMVID, progress=False)
     train, val = limit_pairs(train, 24, seed=0), limit_pairs(val, 6, seed=0)
-    opts = SegProbeOptions(img_size=(96, 128), pixels_per_image=100, c_grid=(1.0,), progress=False, picture_images=1)
+    opts = probe_config(img_size=(96, 128), pixels_per_image=100, c_grid=(1.0,), progress=False, picture_images=1)
     m = segprobe(tiny_random((96, 128), patch=16), train, val, tmp_path, opts)
     assert m["converged"] and 100 / 11 < m["miou"] < 60 and m["pixel_acc"] > 40
     assert m["per_class_iou"]["Sky"] > 50  # the easiest class, even for random features
@@ -157,7 +170,7 @@ def test_segprobe_on_pyramid_checkpoints(tmp_path, arch, method):
     save_checkpoint(ckpt, *over)
     root = camvid_like(tmp_path / "data", n_train=6, n_val=2, size=(32, 64))
     train, val = segmentation_splits(root, progress=False)
-    opts = SegProbeOptions(img_size=(32, 64), pixels_per_image=60, c_grid=(1.0,), progress=False, picture_images=1)
+    opts = probe_config(img_size=(32, 64), pixels_per_image=60, c_grid=(1.0,), progress=False, picture_images=1)
     m = segprobe(read_checkpoint(ckpt), train, val, tmp_path, opts)
     # patch 4: stem stride 1, the last stage at stride 8 with the final norm
     assert m["feature_map"] == [4, 8] and m["stride"] == 8 and m["dim"] == 16 * 8 and m["converged"]

@@ -55,10 +55,12 @@ def flags_of(args: argparse.Namespace) -> dict[str, Any]:
     return {k[len(PREFIX):]: v for k, v in vars(args).items() if k.startswith(PREFIX) and v is not None}
 
 
-def add_config_args(p: argparse.ArgumentParser, root: type, run_section: str, trains: bool = False) -> None:
+def add_config_args(p: argparse.ArgumentParser, root: type, run_section: str, trains: bool = False,
+                    image_folders: bool = True) -> None:
     """The checkpoint (positional), ``--config``, ``key=value`` overrides, and the aliases every evaluation
     command has: the model hints, the data, the machine, the run folder (``run_section``: where batch_size, device,
-    precision, seed and seeds live). ``trains``: also ``--resume`` / ``--force-config`` and the tracker flags."""
+    precision, seed and seeds live). ``trains``: also ``--resume`` / ``--force-config`` and the tracker flags;
+    ``image_folders`` False: the command reads another data layout and adds its own data flags."""
     p.add_argument("checkpoint", nargs="?", help=CHECKPOINT_HELP + " (with --resume: the run's own)")
     p.add_argument("--config", help=f"YAML recipe (command: {root.command}): a path or a shipped recipe's name")
     add_trust_arg(p)
@@ -71,6 +73,12 @@ def add_config_args(p: argparse.ArgumentParser, root: type, run_section: str, tr
     alias(g, root, "--in-chans", "model.in_chans", "random: input channels", type=int)
     alias(g, root, "--model-img-size", "model.img_size", "pre-training image size, where the position embedding is "
           "not a square grid; random: default --img-size, else 32", type=int, metavar="N")
+    if image_folders:
+        add_image_folder_args(p, root)
+    add_run_args(p, root, run_section, trains)
+
+
+def add_image_folder_args(p: argparse.ArgumentParser, root: type) -> None:
     g = p.add_argument_group("data (ImageFolder trees: <dir>/<class>/*.jpg)")
     alias(g, root, "--data", "data.path", "folder with train/ and val/ (or test/)", metavar="DIR")
     alias(g, root, "--train", "data.train", "training images (with --val)", metavar="DIR")
@@ -87,11 +95,13 @@ def add_config_args(p: argparse.ArgumentParser, root: type, run_section: str, tr
     alias(g, root, "--crop-pct", "data.crop_pct", "eval: resize to size/crop_pct, centre crop (default 0.875 from "
           "128 px, else 1)", type=float)
     alias(g, root, "--workers", "data.num_workers", "data loader processes (0: in the main process)", type=int)
+
+
+def add_run_args(p: argparse.ArgumentParser, root: type, s: str, trains: bool) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--output", dest=PREFIX + "output_dir", metavar="DIR",
                    help=f"results folder (default: runs/{root.command}-<timestamp>)")
     g.add_argument("--overwrite", action="store_true", help="replace results already in --output")
-    s = run_section
     alias(g, root, "--batch-size", f"{s}.batch_size", "images per batch", type=int)
     alias(g, root, "--device", f"{s}.device", "auto | cpu | cuda | cuda:N")
     alias(g, root, "--precision", f"{s}.precision", "autocast precision", choices=["fp32", "bf16", "fp16"])
@@ -145,12 +155,14 @@ def with_seed(cfg, seed: int):
     return cfg
 
 
-def load_source(cfg) -> Loaded:
-    """The checkpoint an evaluation config names: a file or folder, or a fresh 'random' encoder of the seed."""
+def load_source(cfg, size: tuple[int, int] | None = None) -> Loaded:
+    """The checkpoint an evaluation config names: a file or folder, or a fresh 'random' encoder of the seed (at
+    ``size``, else ``model.img_size``, else ``data.img_size``, else 32)."""
     m = cfg.model
     if cfg.checkpoint == "random":
+        side = m.img_size or (cfg.data.img_size if isinstance(cfg.data.img_size, int) else None) or 32
         model = ModelConfig(arch=m.arch, embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads,
-                            img_size=m.img_size or cfg.data.img_size or 32, patch_size=m.patch_size,
+                            img_size=list(size) if size and not m.img_size else side, patch_size=m.patch_size,
                             in_chans=m.in_chans)
         check = Config(model=model)
         if model.in_chans != 3:

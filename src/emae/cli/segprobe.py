@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import ConfigError
-from .common import add_checkpoint_args, add_run_args, load_source, positive
+from ..config import SegprobeConfig
+from .common import add_config_args, alias, load_eval_config, load_source
 
 EPILOG = """the probe:
   patch features of the frozen encoder (its last map with the final norm: a ViT's last block at stride = patch
@@ -30,77 +30,70 @@ examples:
 """
 
 
+def add_seg_data_args(p: argparse.ArgumentParser, root: type) -> None:
+    """The data flags of the dense commands (aliases of data.*)."""
+    g = p.add_argument_group("data (semantic segmentation; aliases of data.*)")
+    alias(g, root, "--data", "data.path", "data set root (a layout below)", metavar="DIR")
+    alias(g, root, "--layout", "data.layout", "", choices=["auto", "folders", "ade20k"])
+    alias(g, root, "--num-classes", "data.num_classes", "classes (default: the layout's: CamVid 11, ADE20K 150)",
+          type=int)
+    alias(g, root, "--ignore-index", "data.ignore_index", "label value left out of the loss and the metrics "
+          "(CamVid 11, ADE20K 255 after the reduction)", type=int)
+    alias(g, root, "--class-names", "data.class_names", "one name per class (default: the layout's)", nargs="+",
+          metavar="NAME")
+    alias(g, root, "--img-size", "data.img_size", "H [W] the network takes (default: the first training image's, "
+          "rounded down to a multiple of 32); position embeddings are interpolated to it", type=int, nargs="+",
+          metavar="N")
+    alias(g, root, "--max-train", "data.max_train", "a seeded random subset of N training images", type=int,
+          metavar="N")
+    alias(g, root, "--max-val", "data.max_val", "... and of N validation images", type=int, metavar="N")
+    alias(g, root, "--mean", "data.mean", "normalisation mean (default: the checkpoint's or ImageNet's)", type=float,
+          nargs="+")
+    alias(g, root, "--std", "data.std", "normalisation std (default: the checkpoint's or ImageNet's)", type=float,
+          nargs="+")
+    alias(g, root, "--workers", "data.num_workers", "data loader processes (0: in the main process)", type=int)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segprobe", help="frozen dense probe: a converged linear classifier per patch, mIoU",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_checkpoint_args(p)
-    g = p.add_argument_group("data (semantic segmentation)")
-    g.add_argument("--data", metavar="DIR", required=True, help="data set root (a layout below)")
-    g.add_argument("--layout", choices=["auto", "folders", "ade20k"], default="auto", help="(auto)")
-    g.add_argument("--num-classes", type=int, help="classes (default: the layout's: CamVid 11, ADE20K 150)")
-    g.add_argument("--ignore-index", type=int, help="label value left out of the fit and the metrics (CamVid 11, "
-                   "ADE20K 255 after the reduction)")
-    g.add_argument("--class-names", nargs="+", metavar="NAME", help="one name per class (default: the layout's)")
-    g.add_argument("--img-size", type=int, nargs="+", metavar="N",
-                   help="H [W] the images are resized to (default: the first training image's, rounded down to a "
-                        "multiple of 32); position embeddings are interpolated to it")
-    g.add_argument("--max-train", type=int, metavar="N", help="a seeded random subset of N training images")
-    g.add_argument("--max-val", type=int, metavar="N", help="... and of N validation images")
-    g.add_argument("--mean", type=float, nargs="+", help="normalisation mean (default: the checkpoint's or ImageNet's)")
-    g.add_argument("--std", type=float, nargs="+", help="normalisation std (default: the checkpoint's or ImageNet's)")
-    g = p.add_argument_group("probe")
-    g.add_argument("--pixels-per-image", type=int, default=200,
-                   help="labelled training pixels drawn per image for the fit (200)")
-    g.add_argument("--C", dest="c_grid", type=float, nargs="+", metavar="C",
-                   help="inverse L2 strengths to choose from on the held-out images (1e-3 ... 10); one: no choice")
-    g.add_argument("--holdout", type=float, default=0.1, help="share of the training images held out to choose C (0.1)")
-    g.add_argument("--tol", type=float, default=1e-6,
-                   help="L-BFGS stops when the largest gradient entry is below (1e-6)")
-    g.add_argument("--max-iter", type=int, default=10000, help="L-BFGS iterations before a fit counts as unconverged")
-    g.add_argument("--feature-cache", metavar="DIR", help="keep the feature maps here")
-    g.add_argument("--picture-images", type=int, default=4, help="validation images in segprobe.png (4; 0: none)")
-    add_run_args(p, batch_size=16)
+    add_config_args(p, SegprobeConfig, "run", image_folders=False)
+    add_seg_data_args(p, SegprobeConfig)
+    g = p.add_argument_group("probe (aliases of probe.*)")
+    R = SegprobeConfig
+    alias(g, R, "--pixels-per-image", "probe.pixels_per_image", "labelled training pixels drawn per image for the fit",
+          type=int)
+    alias(g, R, "--C", "probe.c_grid", "inverse L2 strengths to choose from on the held-out images (1e-3 ... 10); "
+          "one: no choice", type=float, nargs="+", metavar="C")
+    alias(g, R, "--holdout", "probe.holdout", "share of the training images held out to choose C", type=float)
+    alias(g, R, "--tol", "probe.tol", "L-BFGS stops when the largest gradient entry is below", type=float)
+    alias(g, R, "--max-iter", "probe.max_iter", "L-BFGS iterations before a fit counts as unconverged", type=int)
+    alias(g, R, "--feature-cache", "probe.feature_cache", "keep the feature maps here", metavar="DIR")
+    alias(g, R, "--picture-images", "probe.picture_images", "validation images in segprobe.png (0: none)", type=int)
     p.set_defaults(run=run)
-
-
-def image_size(values: list[int] | None) -> tuple[int, int] | None:
-    if values is None:
-        return None
-    if len(values) not in (1, 2):
-        raise ConfigError(f"--img-size {' '.join(map(str, values))}: give H, or H W")
-    for v in values:
-        positive("--img-size", v)
-    return (values[0], values[-1])
 
 
 def run(args: argparse.Namespace) -> int:
     from ..data.segmentation import limit_pairs, segmentation_splits
     from ..eval.common import prepare_run_dir
-    from ..eval.segprobe import SEG_C_GRID, SegProbeOptions, check_options, segprobe
+    from ..eval.segprobe import check_holdout, segprobe
 
-    size = image_size(args.img_size)
-    for name in ("max_train", "max_val", "pixels_per_image", "batch_size", "tol", "max_iter"):
-        positive("--" + name.replace("_", "-"), getattr(args, name))
-    if args.checkpoint == "random" and size is not None:
-        args.img_size = list(size)  # a random encoder is built at the probe's size (nothing to interpolate)
-    loaded = load_source(args)
-    train, val = segmentation_splits(args.data, args.layout, args.num_classes, args.ignore_index, args.class_names,
+    cfg = load_eval_config(args, SegprobeConfig)
+    d, r = cfg.data, cfg.run
+    loaded = load_source(cfg, size=d.size if cfg.checkpoint == "random" else None)
+    train, val = segmentation_splits(d.path, d.layout, d.num_classes, d.ignore_index, d.class_names,
                                      loaded.config.model.in_chans, strict=True, progress=not args.no_progress)
-    train, val = limit_pairs(train, args.max_train, args.seed), limit_pairs(val, args.max_val, args.seed)
-    opts = SegProbeOptions(img_size=size, pixels_per_image=args.pixels_per_image,
-                           c_grid=tuple(args.c_grid or SEG_C_GRID), holdout=args.holdout, tol=args.tol,
-                           max_iter=args.max_iter, picture_images=args.picture_images, batch_size=args.batch_size,
-                           workers=args.workers, device=args.device, precision=args.precision, seed=args.seed, mean=args.mean, std=args.std,
-                           feature_cache=args.feature_cache, progress=not args.no_progress)
-    check_options(opts, len(train))  # before any work
-    out = prepare_run_dir(args.output, "segprobe", args.overwrite)
-    m = segprobe(loaded, train, val, out, opts)
+    train, val = limit_pairs(train, d.max_train, r.seed), limit_pairs(val, d.max_val, r.seed)
+    check_holdout(cfg.probe, len(train))  # before any work
+    out = prepare_run_dir(cfg.output_dir, "segprobe", args.overwrite)
+    m = segprobe(loaded, train, val, out, cfg, progress=not args.no_progress)
+    p = cfg.probe
     fit = (f"converged in {m['iterations']} iterations" if m["converged"]
            else f"NOT converged after {m['iterations']} iterations: raise --max-iter")
-    chosen = f"C {m['C']:g}" + (f" chosen on {args.holdout:.0%} of the training images" if len(opts.c_grid) > 1 else "")
+    chosen = f"C {m['C']:g}" + (f" chosen on {p.holdout:.0%} of the training images" if len(p.grid) > 1 else "")
     pct = {k: "n/a " if m[k] is None else f"{m[k]:.2f}%" for k in ("miou", "pixel_acc", "mean_class_acc")}
     print(f"segprobe: mIoU {pct['miou']} pixel acc {pct['pixel_acc']} mean class acc {pct['mean_class_acc']} "
-          f"({chosen}; {fit}, tol {args.tol:g}; {m['train_images']} train / {m['val_images']} val images at "
+          f"({chosen}; {fit}, tol {p.tol:g}; {m['train_images']} train / {m['val_images']} val images at "
           f"{m['img_size'][0]}x{m['img_size'][1]}, {m['pixels_per_image']} pixels per image, {m['seconds']:.0f} s); "
           f"metrics {out / 'metrics.json'}")
     return 0

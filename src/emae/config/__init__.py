@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .dense import SegDataConfig, SegmentConfig, SegmentTrainConfig, SegprobeConfig
 from .evaluation import (EvalDataConfig, EvalRunConfig, FinetuneConfig, FinetuneTrainConfig, KnnConfig, KnnOptions,
                          LinprobeConfig, ProbeConfig, ProbeTrainConfig, SourceConfig)
 from .loop import LoopConfig, RunConfig
@@ -40,5 +41,6 @@ __all__ = [
     "EvalRunConfig", "FinetuneConfig", "FinetuneTrainConfig", "KnnConfig", "KnnOptions", "LinprobeConfig",
     "LoopConfig", "MaskConfig", "ModelConfig", "MonitorConfig", "ProbeConfig", "ProbeTrainConfig", "RunConfig",
     "SourceConfig", "TrainConfig", "all_keys", "config_from_dict", "load", "load_config", "parse_override",
-    "resolve_recipe", "set_key", "validate",
+    "resolve_recipe", "set_key", "validate", "SegDataConfig", "SegmentConfig", "SegmentTrainConfig",
+    "SegprobeConfig",
 ]

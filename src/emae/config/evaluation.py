@@ -88,7 +88,7 @@ class FinetuneConfig(RootConfig):
 
     def validate(self) -> None:
         t = self.train
-        check_source(self)
+        check_source_and_images(self)
         check_loop(t)
         positive(t, "train.", "layer_decay", "ema")
         for key in ("drop_path", "mixup", "cutmix", "smoothing", "reprob"):
@@ -144,7 +144,7 @@ class LinprobeConfig(RootConfig):
 
     def validate(self) -> None:
         p = self.probe
-        check_source(self)
+        check_source_and_images(self)
         check_loop(self.train)
         choose(p.protocol, "probe.protocol", PROTOCOLS)
         if p.pool is not None:
@@ -179,7 +179,7 @@ class KnnConfig(RootConfig):
 
     def validate(self) -> None:
         k = self.knn
-        check_source(self)
+        check_source_and_images(self)
         check_run(self.run, "run.")
         require(bool(k.k) and all(v > 0 for v in k.k), "knn.k", k.k, "neighbour counts must be positive")
         positive(k, "knn.", "temperature", allow_none=False)
@@ -189,12 +189,18 @@ class KnnConfig(RootConfig):
 
 
 def check_source(cfg: Any) -> None:
-    """The checkpoint, the model hints and the evaluation data of any evaluation config."""
-    m, d = cfg.model, cfg.data
+    """The checkpoint and the model hints of any evaluation config."""
+    m = cfg.model
     require(cfg.checkpoint is not None and cfg.checkpoint != "", "checkpoint", cfg.checkpoint,
             "name a checkpoint file or folder, or 'random'")
     positive(m, "model.", "embed_dim", "depth", "num_heads", "img_size")
     positive(m, "model.", "patch_size", "in_chans", allow_none=False)
+
+
+def check_source_and_images(cfg: Any) -> None:
+    """:func:`check_source`, and the image-folder data of the classification commands."""
+    check_source(cfg)
+    d = cfg.data
     positive(d, "data.", "max_train", "max_val", "img_size", "crop_pct")
     require(d.num_workers >= 0, "data.num_workers", d.num_workers, "must be >= 0")
     for key in ("mean", "std"):

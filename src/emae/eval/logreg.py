@@ -42,7 +42,7 @@ def feature_stats(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return train.mean(axis=0), std
 
 
-def _fit(x: np.ndarray, y: np.ndarray, c: float, opts: LogRegOptions) -> LogisticRegression:
+def fit_logistic(x: np.ndarray, y: np.ndarray, c: float, opts: LogRegOptions) -> LogisticRegression:
     clf = LogisticRegression(C=c, tol=opts.tol, max_iter=opts.max_iter, solver="lbfgs")
     with warnings.catch_warnings():  # non-convergence is reported in the result, not as a warning
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -88,11 +88,11 @@ def logistic_probe(train_x: torch.Tensor | np.ndarray, train_y: torch.Tensor | n
                                                         random_state=opts.seed)
         best = None
         for c in sorted(opts.c_grid):
-            s = _scores(_fit(fit_x, fit_y, c, opts), hold_x, hold_y)
+            s = _scores(fit_logistic(fit_x, fit_y, c, opts), hold_x, hold_y)
             holdout[repr(c)] = round(s["top1"], 4)
             if best is None or (s["top1"], -s["loss"]) > best:  # ties: the lower held-out loss
                 best, chosen = (s["top1"], -s["loss"]), c
-    clf = _fit(train_x, train_y, chosen, opts)
+    clf = fit_logistic(train_x, train_y, chosen, opts)
     iterations = int(np.max(clf.n_iter_))
     head = {k: torch.from_numpy(np.asarray(v)) for k, v in  # logits = ((x - mean) / std) @ weight.T + bias
             (("mean", mean), ("std", std), ("weight", clf.coef_), ("bias", clf.intercept_), ("classes", clf.classes_))}

@@ -75,7 +75,7 @@ class PyramidClassifier(nn.Module):
     global average pool, a LayerNorm (``fc_norm``, eps 1e-6) and a Linear head. With ``fc_norm`` False (frozen
     features of a pre-trained encoder) the encoder keeps its final norm and nothing follows the pool."""
 
-    def __init__(self, encoder: PyramidEncoder, num_classes: int, arch: str, fc_norm: bool = True) -> None:
+    def __init__(self, encoder: PyramidEncoder, num_classes: int, arch: str = "", fc_norm: bool = True) -> None:
         super().__init__()
         if fc_norm:
             encoder.norm = nn.Identity()

@@ -20,13 +20,13 @@ metrics).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from ..config.dense import SegDataConfig, SegprobeConfig, SegProbeSection
 from ..data.seg_transforms import SegEvalTransform
 from ..engine.atomic import save_atomic
 from ..engine.device import resolve_device
@@ -35,54 +35,20 @@ from ..interop.load import Loaded
 from ..models.dense import map_stride
 from ..viz.segmentation import save_segmentation_picture
 from .common import norm_stats, write_metrics
-from .logreg import LogRegOptions, _fit, feature_stats
+from .logreg import LogRegOptions, feature_stats, fit_logistic
 from .segfeatures import cached_maps, dense_encoder, features_at, sample_pixels
 from .seginference import upsample
 from .segmetrics import confusion_matrix, segmentation_metrics
 
 ABSENT = -1e4  # logit of a class the training pixels never show: never predicted
 EIGEN_FLOOR = 1e-6  # whitening drops the feature directions with a smaller share of the largest variance
-# linprobe's grid without its ends: on tens of thousands of pixels 1e-4 is far too strong, and 100 gives what 10
-# gives (CamVid, benchmarks/RESULTS.md) for the most L-BFGS iterations
-SEG_C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
 
-@dataclass
-class SegProbeOptions:
-    img_size: tuple[int, int] | None = None  # (H, W) images are resized to; None: the first training image's, / 32
-    pixels_per_image: int = 200  # labelled training pixels drawn per image for the fit
-    c_grid: tuple[float, ...] = SEG_C_GRID  # candidate inverse L2 strengths
-    holdout: float = 0.1  # share of the training images held out to choose C
-    tol: float = 1e-6  # L-BFGS stops when the largest gradient entry is below this
-    max_iter: int = 10000  # a fit that needs more iterations is reported as not converged
-    picture_images: int = 4  # validation images in segprobe.png (0: no picture)
-    batch_size: int = 16
-    workers: int = 0
-    device: str = "auto"
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast, feature extraction only)
-    seed: int = 0  # the pixels drawn and the held-out split
-    mean: list[float] | None = None  # None: the checkpoint's (emae) or ImageNet's
-    std: list[float] | None = None
-    feature_cache: str | None = None  # folder to keep the feature maps in
-    progress: bool = True
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def check_options(opts: SegProbeOptions, train_images: int) -> None:
-    """One-line errors for options that cannot work, before any feature is extracted."""
-    if opts.pixels_per_image < 1 or opts.batch_size < 1 or opts.max_iter < 1 or opts.tol <= 0:
-        raise ConfigError("--pixels-per-image, --batch-size, --max-iter and --tol must be positive")
-    if not opts.c_grid or min(opts.c_grid) <= 0:
-        raise ConfigError(f"--C {list(opts.c_grid)}: give positive values")
-    if not 0 < opts.holdout < 1:
-        raise ConfigError(f"--holdout {opts.holdout}: must be between 0 and 1")
-    if opts.picture_images < 0:
-        raise ConfigError(f"--picture-images {opts.picture_images}: must be 0 or more")
-    if len(opts.c_grid) > 1 and (train_images < 2 or held_out_count(train_images, opts.holdout) >= train_images):
-        raise DataError(f"segprobe: {train_images} training image(s) are too few to hold out {opts.holdout:.0%} for "
-                        f"choosing C; give one --C value or more images")
+def check_holdout(p: SegProbeSection, train_images: int) -> None:
+    """A held-out split needs images on both sides (one-line error before any work)."""
+    if len(p.grid) > 1 and (train_images < 2 or held_out_count(train_images, p.holdout) >= train_images):
+        raise DataError(f"segprobe: {train_images} training image(s) are too few to hold out {p.holdout:.0%} for "
+                        f"choosing C; give more images or one --C")
 
 
 class LabelMaps:
@@ -106,11 +72,11 @@ def held_out_count(n: int, holdout: float) -> int:
     return max(1, round(holdout * n))
 
 
-def probe_size(loaded: Loaded, train_src, opts: SegProbeOptions) -> tuple[int, int]:
-    """``opts.img_size``, or the first training image's size rounded down to a multiple of 32 (every encoder's
+def probe_size(loaded: Loaded, train_src, d: SegDataConfig) -> tuple[int, int]:
+    """``data.img_size``, or the first training image's size rounded down to a multiple of 32 (every encoder's
     maps tile it); it must be a multiple of the patch size."""
-    if opts.img_size is not None:
-        size = tuple(int(s) for s in opts.img_size)
+    if d.size is not None:
+        size = d.size
     else:
         with Image.open(train_src.paths[0]) as img:
             w, h = img.size
@@ -192,19 +158,19 @@ def training_pixels(maps: torch.Tensor, labels: list[torch.Tensor], n: int, igno
     return torch.cat(xs).numpy(), torch.cat(ys).numpy(), torch.cat(owner).numpy()
 
 
-def choose_c(z, y, owner, transform, maps, labels, opts: SegProbeOptions, num_classes: int, ignore_index: int,
-             fit_opts: LogRegOptions) -> tuple[float, dict]:
+def choose_c(z, y, owner, transform, maps, labels, p: SegProbeSection, seed: int, num_classes: int,
+             ignore_index: int, fit_opts: LogRegOptions) -> tuple[float, dict]:
     """The C of the grid with the best held-out mIoU (ties: pixel accuracy) of fits on the other training images'
     whitened pixels ``z``, and every candidate's figures."""
-    if len(opts.c_grid) == 1:
-        return float(opts.c_grid[0]), {}
+    if len(p.grid) == 1:
+        return float(p.grid[0]), {}
     n = len(labels)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(opts.seed)).tolist()
-    held = sorted(order[:held_out_count(n, opts.holdout)])
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    held = sorted(order[:held_out_count(n, p.holdout)])
     fit_rows = ~np.isin(owner, held)
     results, best, chosen = {}, None, None
-    for c in sorted(opts.c_grid):
-        clf = _fit(z[fit_rows], y[fit_rows], c, fit_opts)
+    for c in sorted(p.grid):
+        clf = fit_logistic(z[fit_rows], y[fit_rows], c, fit_opts)
         weight, bias = full_head(clf, transform, num_classes)
         conf, _ = probe_confusion(weight, bias, maps[held], [labels[i] for i in held], num_classes, ignore_index)
         m = segmentation_metrics(conf)
@@ -215,19 +181,19 @@ def choose_c(z, y, owner, transform, maps, labels, opts: SegProbeOptions, num_cl
     return chosen, {"held_out_images": len(held), "candidates": results}
 
 
-def segprobe(loaded: Loaded, train_src, val_src, out: Path, opts: SegProbeOptions | None = None) -> dict:
+def segprobe(loaded: Loaded, train_src, val_src, out: Path, cfg: SegprobeConfig, progress: bool = False) -> dict:
     """Fit the probe on ``train_src``, score it on ``val_src`` (:class:`~emae.data.segmentation.SegmentationFiles`
     of one layout); writes ``out/metrics.json`` (``miou``, ``per_class_iou``, ``pixel_acc``, ``mean_class_acc``,
     ``confusion``, ``C``, ``iterations``, ``converged``, ...), ``out/head.pt`` and ``out/segprobe.png``."""
-    opts = opts or SegProbeOptions()
+    p, r, d = cfg.probe, cfg.run, cfg.data
     start = time.perf_counter()
-    check_options(opts, len(train_src))
+    check_holdout(p, len(train_src))
     layout = train_src.layout
     k, ignore = layout.num_classes, layout.ignore_index
-    size = probe_size(loaded, train_src, opts)
-    mean, std = norm_stats(loaded, opts)
+    size = probe_size(loaded, train_src, d)
+    mean, std = norm_stats(loaded, d)
     tf = SegEvalTransform(mean, std, size=size)
-    device = resolve_device(opts.device)
+    device = resolve_device(r.device)
     encoder = None
 
     def encoder_fn():
@@ -235,23 +201,23 @@ def segprobe(loaded: Loaded, train_src, val_src, out: Path, opts: SegProbeOption
         encoder = encoder or dense_encoder(loaded, size).to(device)
         return encoder
 
-    maps = {name: cached_maps(loaded, src, tf, name, encoder_fn, opts.batch_size, opts.workers, device,
-                              opts.precision, opts.feature_cache, opts.progress)
+    maps = {name: cached_maps(loaded, src, tf, name, encoder_fn, r.batch_size, d.num_workers, device,
+                              r.precision, p.feature_cache, progress)
             for name, src in (("segtrain", train_src), ("segval", val_src))}
     extracted = time.perf_counter()
     labels = {"segtrain": LabelMaps(train_src), "segval": LabelMaps(val_src)}
-    x, y, owner = training_pixels(maps["segtrain"], labels["segtrain"], opts.pixels_per_image, ignore, opts.seed)
+    x, y, owner = training_pixels(maps["segtrain"], labels["segtrain"], p.pixels_per_image, ignore, r.seed)
     if len(np.unique(y)) < 2:
         raise DataError(f"segprobe: the training pixels show {len(np.unique(y))} class; the probe needs at least 2")
-    fit_opts = LogRegOptions(tol=opts.tol, max_iter=opts.max_iter, seed=opts.seed)
+    fit_opts = LogRegOptions(tol=p.tol, max_iter=p.max_iter, seed=r.seed)
     transform = whitening(x)
     z = whitened(x, transform)
     del x
-    c, selection = choose_c(z, y, owner, transform, maps["segtrain"], labels["segtrain"], opts, k, ignore, fit_opts)
-    clf = _fit(z, y, c, fit_opts)
+    c, selection = choose_c(z, y, owner, transform, maps["segtrain"], labels["segtrain"], p, r.seed, k, ignore, fit_opts)
+    clf = fit_logistic(z, y, c, fit_opts)
     iterations = int(np.max(clf.n_iter_))
     weight, bias = full_head(clf, transform, k)
-    shown = picture_indices(len(val_src), opts.picture_images)
+    shown = picture_indices(len(val_src), p.picture_images)
     conf, preds = probe_confusion(weight, bias, maps["segval"], labels["segval"], k, ignore, keep=shown)
     fitted = time.perf_counter()
     result = segmentation_metrics(conf, layout.class_names)
@@ -270,16 +236,16 @@ def segprobe(loaded: Loaded, train_src, val_src, out: Path, opts: SegProbeOption
         "train_images": len(train_src), "val_images": len(val_src), "img_size": list(size),
         "pretrain_img_size": list(loaded.config.model.image_size), "feature_map": [fmap[2], fmap[3]],
         "dim": fmap[1], "stride": map_stride(size, (fmap[2], fmap[3])),
-        "pixels_per_image": opts.pixels_per_image, "train_pixels": int(len(y)), "whitened_dims": int(z.shape[1]),
+        "pixels_per_image": p.pixels_per_image, "train_pixels": int(len(y)), "whitened_dims": int(z.shape[1]),
         **result,
-        "C": c, "holdout": selection, "iterations": iterations, "converged": iterations < opts.max_iter,
-        "tol": opts.tol, "seconds": round(time.perf_counter() - start, 1),
+        "C": c, "holdout": selection, "iterations": iterations, "converged": iterations < p.max_iter,
+        "tol": p.tol, "seconds": round(time.perf_counter() - start, 1),
         "seconds_features": round(extracted - start, 1), "seconds_fit": round(fitted - extracted, 1),
-        "options": opts.to_dict(),
+        "options": cfg.to_dict(),
     }
     write_metrics(out, metrics)
     return metrics
 
 
-__all__ = ["SEG_C_GRID", "SegProbeOptions", "check_options", "full_head", "head_logits", "probe_confusion", "segprobe",
+__all__ = ["check_holdout", "full_head", "head_logits", "probe_confusion", "segprobe",
            "training_pixels", "whitened", "whitening"]
