@@ -148,3 +148,22 @@ def test_cli_finetune_seeds(tmp_path, capsys):
     assert a != b and m["top1"] == pytest.approx((a + b) / 2) and m["std"]["top1"] == pytest.approx(abs(a - b) / 2**0.5)
     assert [r["options"]["seed"] for r in runs] == [0, 1] and "best_checkpoint" not in m
     assert line.startswith(f"finetune: top-1 {m['top1']:.2f} ± {m['std']['top1']:.2f}% ") and "2 seeds" in line
+
+
+@pytest.mark.parametrize("stop", [5, 6], ids=["mid-epoch", "epoch-end"])
+def test_finetune_resumes_exactly(tmp_path, stop):
+    """A fine-tune stopped (mid-epoch, or at an epoch's end, after its evaluation) and resumed gives the parameters,
+    EMA and metrics of the run straight through (loader in the main process)."""
+    data = labelled_data(tmp_path / "d", n_train=12, n_val=4)
+    common = ["finetune", "random", "--embed-dim", "32", "--depth", "2", "--num-heads", "2", "--img-size", "16",
+              "--data", str(data), "--epochs", "3", "--batch-size", "4", "--ema", "0.9", "--no-progress",
+              "--lr", "1e-3"]
+    assert main([*common, "--output", str(tmp_path / "a")]) == 0
+    assert main([*common, "--output", str(tmp_path / "b"), f"train.stop_after_steps={stop}"]) == 0
+    assert main(["finetune", "--output", str(tmp_path / "b"), "--resume", "auto", "--no-progress"]) == 0
+    a, b = (torch.load(next((tmp_path / d).glob("checkpoint-*.pt")), weights_only=True) for d in "ab")
+    assert a["global_step"] == b["global_step"] == 9
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
+    ma, mb = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in "ab")
+    assert (ma["top1"], ma["best_top1"], ma["best_epoch"]) == (mb["top1"], mb["best_top1"], mb["best_epoch"])

@@ -195,6 +195,20 @@ class SeededSources:
         loaded = load_source(cfg)
         self.first = (cfg, loaded, *eval_data(cfg, loaded))
 
+    @staticmethod
+    def load_only(cfg, seed: int) -> Loaded:
+        """The checkpoint of the first seed (a dense command reads its data itself)."""
+        return load_source(with_seed(cfg, seed), size=getattr(cfg.data, "size", None)
+                           if cfg.checkpoint == "random" else None)
+
+    @staticmethod
+    def config_and_source(cfg, seed: int, first: Loaded, first_seed: int):
+        """A seed's config and checkpoint: a 'random' encoder is drawn from the seed, a file is read once."""
+        c = with_seed(cfg, seed)
+        if cfg.checkpoint != "random" or seed == first_seed:
+            return c, first
+        return c, SeededSources.load_only(cfg, seed)
+
     def __getitem__(self, seed: int):
         if seed == self.seeds[0]:
             return self.first
@@ -208,6 +222,13 @@ def resume_config(args: argparse.Namespace) -> dict | None:
     in its first seed folder); None for a fresh run or a run folder without checkpoints yet."""
     if args.resume is None:
         return None
+    saved = _saved_config(args)
+    if saved is not None and isinstance(saved.get("train"), dict):
+        saved["train"]["stop_after_steps"] = None  # a stop applies to the invocation that asked for it
+    return saved
+
+
+def _saved_config(args: argparse.Namespace) -> dict | None:
     output = vars(args).get(PREFIX + "output_dir")
     if args.resume != "auto":
         return load_checkpoint(args.resume, peek=True)["config"]

@@ -10,7 +10,7 @@ import sys
 from ..engine.atomic import OUTPUT_ERRNOS
 from ..engine.distributed import ended_group
 from ..errors import EmaeError
-from . import consistency, data, export, finetune, knn, linprobe, plot, pretrain, segprobe, shards, visualize
+from . import consistency, data, export, finetune, knn, linprobe, plot, pretrain, segment, segprobe, shards, visualize
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_parser(sub)
     linprobe.add_parser(sub)
     knn.add_parser(sub)
+    segment.add_parser(sub)
     segprobe.add_parser(sub)
     visualize.add_parser(sub)
     plot.add_parser(sub)

@@ -100,6 +100,9 @@ class SegmentTrainConfig(LoopConfig):
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     layer_decay: float | None = None  # None: the family's fine-tuning default (ViT 0.65, Swin / PVT 0.85)
     drop_path: float = 0.1
+    base_size: list[int] | None = None  # [H, W] box each image is fitted into before the random scale (mmseg's
+    # img_scale); None: the crop, data.img_size. Evaluation runs on images fitted into it: whole (resized to the
+    # crop) or slide (crop-sized windows, 2/3 overlap)
     scale: list[float] = field(default_factory=lambda: [0.5, 2.0])  # random scale range of the base size
     hflip: bool = True
     neck_dim: int = 128  # the simple feature pyramid's / lateral convs' width
@@ -137,4 +140,7 @@ class SegmentConfig(RootConfig):
         require(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), "train.betas", t.betas,
                 "need two values in [0, 1)")
         choose(t.eval_mode, "train.eval_mode", ("whole", "slide"))
+        require(t.base_size is None or (len(t.base_size) in (1, 2) and min(t.base_size) > 0), "train.base_size",
+                t.base_size, "give [H, W] (or one side), positive")
+        require(self.data.img_size is not None, "data.img_size", None, "segment needs the crop size: --img-size H W")
         require(t.picture_images >= 0, "train.picture_images", t.picture_images, "must be >= 0")

@@ -109,7 +109,8 @@ class TrainingRun:
     def fit(self, model: nn.Module, step_loss: Callable[[Any], StepLoss], to_device: Callable[[Any], Any],
             optimizer: torch.optim.Optimizer, lr: float, loader: DataLoader, late: list[Hook],
             start: dict) -> tuple[Loop, RunResult]:
-        """The loop with the standard hooks and ``late`` ones (evaluation, EMA); ``start``: the start record."""
+        """The loop with the standard hooks and the command's (``late``: EMA, evaluation), which run before the
+        checkpoints, so that a checkpoint holds their state and the RNG after them; ``start``: the start record."""
         info = DistInfo(device=self.device)
         steps_per_epoch = loader.sampler.batches_per_epoch // self.t.accum_iter
         bar = tqdm(total=self.t.max_steps or self.t.epochs * steps_per_epoch, unit="step",
@@ -117,7 +118,7 @@ class TrainingRun:
         parts = LoopParts(model, model, step_loss, to_device, optimizer, lr, loader, loader.sampler, steps_per_epoch)
         try:
             with StopSignals() as signals:
-                loop = make_loop(parts, self.t, info, self.out, None, signals, self.meta, bar, late=late)
+                loop = make_loop(parts, self.t, info, self.out, None, signals, self.meta, bar, early=late)
                 if self.ckpt is not None:
                     restore(loop, self.ckpt, self.resume)
                     self.ckpt = None
