@@ -103,19 +103,26 @@ class MonitorHook(Hook):
         self.seconds += time.perf_counter() - start
 
     def record(self, model, loop: Loop) -> dict[str, float]:
-        mon, data, device = self.cfg.train.monitor, self.data, loop.device
-        feats = []
-        for i in range(0, len(data.images), mon.batch_size):
-            with autocast(device, self.cfg.train.precision):
-                feats.append(model.extract_features(data.images[i:i + mon.batch_size].to(device), pool="avg").float())
-        feats = torch.cat(feats).cpu()
-        out = {"rankme": rankme(feats)}
-        if data.labels is not None and data.classes > 1:
-            scores = knn_scores(feats[data.bank], data.labels[data.bank], feats[data.queries], data.classes, mon.k)
-            out["knn_top1"] = topk_accuracy(scores, data.labels[data.queries], (1,))[0]
-        imgs = data.images[:mon.recon_images].to(device)
-        mask = model.make_mask(imgs.shape[0], generator=torch.Generator(device).manual_seed(MASK_SEED), device=device)
-        with autocast(device, self.cfg.train.precision):
-            terms = model(imgs, mask=mask).terms
-        out["recon"] = float(terms.get("recon", terms["loss"]))
-        return out
+        return measure(model, self.data, self.cfg, loop.device)
+
+
+@torch.no_grad()
+def measure(model, data: MonitorSet, cfg: Config, device: torch.device) -> dict[str, float]:
+    """The monitor's figures of a masked autoencoder (in eval mode) on its images: ``rankme``, ``recon`` and, with
+    labels, ``knn_top1``."""
+    mon = cfg.train.monitor
+    feats = []
+    for i in range(0, len(data.images), mon.batch_size):
+        with autocast(device, cfg.train.precision):
+            feats.append(model.extract_features(data.images[i:i + mon.batch_size].to(device), pool="avg").float())
+    feats = torch.cat(feats).cpu()
+    out = {"rankme": rankme(feats)}
+    if data.labels is not None and data.classes > 1:
+        scores = knn_scores(feats[data.bank], data.labels[data.bank], feats[data.queries], data.classes, mon.k)
+        out["knn_top1"] = topk_accuracy(scores, data.labels[data.queries], (1,))[0]
+    imgs = data.images[:mon.recon_images].to(device)
+    mask = model.make_mask(imgs.shape[0], generator=torch.Generator(device).manual_seed(MASK_SEED), device=device)
+    with autocast(device, cfg.train.precision):
+        terms = model(imgs, mask=mask).terms
+    out["recon"] = float(terms.get("recon", terms["loss"]))
+    return out
