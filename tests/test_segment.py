@@ -74,3 +74,11 @@ def test_bad_label_is_one_line_before_any_work(data, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "img001.png" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_run_that_max_steps_ends_inside_an_epoch_is_evaluated(data, tmp_path):
+    out = tmp_path / "run"
+    assert main(["segment", "random", *TINY, "--data", str(data), "--output", str(out), *RUN,
+                 "train.max_steps=2", "--picture-images", "0"]) == 0  # 3 steps an epoch
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["epochs_done"] == 0 and [r["step"] for r in m["evaluations"]] == [2] and 0 <= m["miou"] <= 100

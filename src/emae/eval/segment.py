@@ -73,7 +73,7 @@ class SegEvalHook(EpochRecords):
         return result
 
     def record(self, loop: Loop) -> dict:
-        if loop.pos.epoch % self.cfg.train.eval_every and not loop.done:
+        if loop.pos.epoch % self.cfg.train.eval_every and not loop.done and loop.pos.batch == 0:
             return {}
         self.result = self.evaluate(loop.model)
         self.best = self.result  # the newest, not the best: the validation set is the test set here

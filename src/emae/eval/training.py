@@ -61,14 +61,20 @@ class EpochRecords(Hook):
         self.epoch_loss += float(info.loss) / loop.accum_iter
 
     def after_epoch(self, loop: Loop) -> None:
-        base = {"epoch": loop.pos.epoch, "train_loss": self.epoch_loss / loop.steps_per_epoch,
+        self.evaluate_now(loop, loop.steps_per_epoch)
+
+    def evaluate_now(self, loop: Loop, steps: int) -> None:
+        base = {"epoch": loop.pos.epoch, "step": loop.pos.step, "train_loss": self.epoch_loss / max(1, steps),
                 "lr": loop.schedule.value(loop.pos.step - 1)}
         self.epoch_loss = 0.0
         record = {**base, **self.record(loop)}
-        loop.log.write(type="epoch", step=loop.pos.step, **record)
+        loop.log.write(type="epoch", **record)
         self.history.append(record)
 
     def on_end(self, loop: Loop) -> None:
+        if loop.done and (not self.history or self.history[-1]["step"] != loop.pos.step):
+            # train.max_steps ended the run inside an epoch: it is evaluated where it stands
+            self.evaluate_now(loop, loop.pos.batch // loop.accum_iter)
         if self.history:
             loop.log.write(type="summary", step=loop.pos.step, **self.summary())
 
