@@ -11,6 +11,8 @@ import argparse
 import copy
 import functools
 import sys
+
+import torch
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,27 @@ def alias(group, root: type, flag: str, key: str, help: str, **kwargs) -> None:
 def switch(group, flag: str, key: str, value: bool, help: str) -> None:
     FLAGS[key] = flag
     group.add_argument(flag, dest=PREFIX + key, action="store_const", const=value, default=None, help=help)
+
+
+LOOP_FLAGS = {  # the recipe flags of the commands that train: flag -> (train.* key, help, argparse type)
+    "--epochs": ("epochs", "epochs", int),
+    "--warmup-epochs": ("warmup_epochs", "linear warmup, then cosine", float),
+    "--base-lr": ("base_lr", "lr = base_lr x batch / 256", float),
+    "--lr": ("lr", "absolute lr (overrides --base-lr)", float),
+    "--min-lr": ("min_lr", "end of the cosine", float),
+    "--layer-decay": ("layer_decay", "layer-wise lr decay (default: the encoder family's: ViT 0.65 as MAE, Swin / "
+                      "PVT 0.85 as UM-MAE's Makefile)", float),
+    "--weight-decay": ("weight_decay", "weight decay", float),
+    "--drop-path": ("drop_path", "stochastic depth rate", float),
+    "--log-every": ("log_every", "optimiser steps between log lines", int),
+}
+
+
+def loop_aliases(group, root: type, *flags: str) -> None:
+    """The named recipe flags (:data:`LOOP_FLAGS`) as aliases of ``train.*``."""
+    for flag in flags:
+        key, help, tp = LOOP_FLAGS[flag]
+        alias(group, root, flag, f"train.{key}", help, type=tp)
 
 
 def flags_of(args: argparse.Namespace) -> dict[str, Any]:
@@ -132,10 +155,14 @@ def load_eval_config(args: argparse.Namespace, root: type, saved: dict | None = 
         flags["trust_checkpoint"] = True
     try:
         if saved is not None and not args.config:
-            return load(root, None, args.overrides, flags, data=saved)
-        return load(root, args.config, args.overrides, flags)
+            cfg = load(root, None, args.overrides, flags, data=saved)
+        else:
+            cfg = load(root, args.config, args.overrides, flags)
     except ConfigError as e:
         raise ConfigError(with_flag(str(e), flags)) from None
+    if run_section(cfg).threads is not None:  # every command's CPU threads, set before any work
+        torch.set_num_threads(run_section(cfg).threads)
+    return cfg
 
 
 def with_flag(message: str, flags: dict) -> str:

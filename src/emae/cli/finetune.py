@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..config import FinetuneConfig
-from .common import (SeededSources, add_config_args, alias, load_eval_config, resume_config, resume_point,
-                     switch)
+from .common import (SeededSources, add_config_args, alias, load_eval_config, loop_aliases, resume_config,
+                     resume_point, switch)
 
 EPILOG = """defaults are MAE's ViT-B ImageNet recipe (--config finetune_vit_base_in1k states it); ViT-L:
 --config finetune_vit_large_in1k. Swin / PVT (UM-MAE, SimMIM) default to UM-MAE's layer decay 0.85. Every flag is an
@@ -27,15 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_config_args(p, FinetuneConfig, "train", trains=True)
     g = p.add_argument_group("recipe (MAE's fine-tuning; aliases of train.*)")
     R = FinetuneConfig
-    alias(g, R, "--epochs", "train.epochs", "epochs", type=int)
-    alias(g, R, "--warmup-epochs", "train.warmup_epochs", "linear warmup, then cosine", type=float)
-    alias(g, R, "--base-lr", "train.base_lr", "lr = base_lr x batch / 256", type=float)
-    alias(g, R, "--lr", "train.lr", "absolute lr (overrides --base-lr)", type=float)
-    alias(g, R, "--min-lr", "train.min_lr", "end of the cosine", type=float)
-    alias(g, R, "--layer-decay", "train.layer_decay", "layer-wise lr decay (0.65 for a ViT as MAE; 0.85 for Swin / "
-          "PVT as UM-MAE's Makefile)", type=float)
-    alias(g, R, "--weight-decay", "train.weight_decay", "AdamW weight decay", type=float)
-    alias(g, R, "--drop-path", "train.drop_path", "stochastic depth rate", type=float)
+    loop_aliases(g, R, "--epochs", "--warmup-epochs", "--base-lr", "--lr", "--min-lr", "--layer-decay",
+                 "--weight-decay", "--drop-path", "--log-every")
     alias(g, R, "--pool", "train.pool", "global average pool + fc_norm, or cls", choices=["avg", "cls"])
     alias(g, R, "--mixup", "train.mixup", "mixup alpha, 0 off", type=float)
     alias(g, R, "--cutmix", "train.cutmix", "cutmix alpha, 0 off", type=float)
@@ -46,7 +39,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
           metavar="DECAY")
     alias(g, R, "--clip-grad", "train.clip_grad", "gradient norm clipping (off)", type=float)
     switch(g, "--new-head", "train.new_head", True, "replace the checkpoint's classifier head")
-    alias(g, R, "--log-every", "train.log_every", "optimiser steps between log lines", type=int)
     p.set_defaults(run=run)
 
 

@@ -6,7 +6,8 @@ import argparse
 
 from ..config import LinprobeConfig
 from ..errors import ConfigError
-from .common import (SeededSources, add_config_args, alias, load_eval_config, resume_config, resume_point)
+from .common import (SeededSources, add_config_args, alias, load_eval_config, loop_aliases, resume_config,
+                     resume_point)
 
 EPILOG = """protocols:
   logreg    (default) features of the un-augmented images are extracted once; a multinomial logistic regression
@@ -45,13 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     alias(g, R, "--tol", "probe.tol", "L-BFGS stops when the largest gradient entry is below", type=float)
     alias(g, R, "--max-iter", "probe.max_iter", "L-BFGS iterations before a fit counts as unconverged", type=int)
     g = p.add_argument_group("mae protocol (MAE's linear probe; aliases of train.*)")
-    alias(g, R, "--epochs", "train.epochs", "epochs", type=int)
-    alias(g, R, "--warmup-epochs", "train.warmup_epochs", "linear warmup, then cosine", type=float)
-    alias(g, R, "--base-lr", "train.base_lr", "lr = base_lr x batch / 256", type=float)
-    alias(g, R, "--lr", "train.lr", "absolute lr (overrides --base-lr)", type=float)
-    alias(g, R, "--min-lr", "train.min_lr", "end of the cosine", type=float)
-    alias(g, R, "--weight-decay", "train.weight_decay", "LARS weight decay", type=float)
-    alias(g, R, "--log-every", "train.log_every", "optimiser steps between log lines", type=int)
+    loop_aliases(g, R, "--epochs", "--warmup-epochs", "--base-lr", "--lr", "--min-lr", "--weight-decay",
+                 "--log-every")
     p.set_defaults(run=run)
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 
 from ..config import SegmentConfig
-from .common import SeededSources, add_config_args, alias, load_eval_config, resume_config, resume_point, switch
+from .common import (SeededSources, add_config_args, alias, load_eval_config, loop_aliases, resume_config,
+                     resume_point, switch)
 from .segprobe import add_seg_data_args
 
 EPILOG = """the run: the checkpoint's encoder at the crop size --img-size H W (position embeddings interpolated; the
@@ -36,13 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_seg_data_args(p, SegmentConfig)
     g = p.add_argument_group("recipe (aliases of train.*)")
     R = SegmentConfig
-    alias(g, R, "--epochs", "train.epochs", "epochs", type=int)
-    alias(g, R, "--warmup-epochs", "train.warmup_epochs", "linear warmup, then cosine", type=float)
-    alias(g, R, "--base-lr", "train.base_lr", "lr = base_lr x batch / 256", type=float)
-    alias(g, R, "--lr", "train.lr", "absolute lr (overrides --base-lr)", type=float)
-    alias(g, R, "--layer-decay", "train.layer_decay", "layer-wise lr decay (default: the family's)", type=float)
-    alias(g, R, "--weight-decay", "train.weight_decay", "AdamW weight decay", type=float)
-    alias(g, R, "--drop-path", "train.drop_path", "stochastic depth rate", type=float)
+    loop_aliases(g, R, "--epochs", "--warmup-epochs", "--base-lr", "--lr", "--min-lr", "--layer-decay",
+                 "--weight-decay", "--drop-path", "--log-every")
     alias(g, R, "--base-size", "train.base_size", "H [W] box images are fitted into (default: the crop)", type=int,
           nargs="+", metavar="N")
     alias(g, R, "--scale", "train.scale", "random scale range of the base size", type=float, nargs=2)
@@ -50,7 +46,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     alias(g, R, "--eval-mode", "train.eval_mode", "whole image, or sliding crop-sized windows",
           choices=["whole", "slide"])
     alias(g, R, "--eval-every", "train.eval_every", "epochs between validations (and at the end)", type=int)
-    alias(g, R, "--log-every", "train.log_every", "optimiser steps between log lines", type=int)
     alias(g, R, "--picture-images", "train.picture_images", "validation images in segment.png (0: none)", type=int)
     p.set_defaults(run=run)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .evaluation import EvalRunConfig, SourceConfig, check_source
+from .evaluation import EvalRootConfig, EvalRunConfig, check_source
 from .loop import LoopConfig, check_loop, check_run
-from .typed import RootConfig, choose, positive, require
+from .typed import choose, positive, require
 
 LAYOUTS = ("auto", "folders", "ade20k")
 SEG_C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # linprobe's grid without its ends (benchmarks/RESULTS.md, CamVid)
@@ -64,11 +64,7 @@ class SegprobeRunConfig(EvalRunConfig):
 
 
 @dataclass
-class SegprobeConfig(RootConfig):
-    checkpoint: str | None = None
-    trust_checkpoint: bool = False
-    output_dir: str | None = None
-    model: SourceConfig = field(default_factory=SourceConfig)
+class SegprobeConfig(EvalRootConfig):
     data: SegDataConfig = field(default_factory=SegDataConfig)
     probe: SegProbeSection = field(default_factory=SegProbeSection)
     run: SegprobeRunConfig = field(default_factory=SegprobeRunConfig)
@@ -118,11 +114,7 @@ class SegmentTrainConfig(LoopConfig):
 
 
 @dataclass
-class SegmentConfig(RootConfig):
-    checkpoint: str | None = None
-    trust_checkpoint: bool = False
-    output_dir: str | None = None
-    model: SourceConfig = field(default_factory=SourceConfig)
+class SegmentConfig(EvalRootConfig):
     data: SegDataConfig = field(default_factory=SegDataConfig)
     train: SegmentTrainConfig = field(default_factory=SegmentTrainConfig)
 

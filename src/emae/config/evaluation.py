@@ -33,6 +33,16 @@ class SourceConfig:
 
 
 @dataclass
+class EvalRootConfig(RootConfig):
+    """What every evaluation command's config starts with: the checkpoint and what it leaves open."""
+
+    checkpoint: str | None = None  # emae, official MAE, timm, safetensors, Hugging Face folder, or 'random'
+    trust_checkpoint: bool = False  # unpickle in full (can run code from the file): trusted files only
+    output_dir: str | None = None  # None: runs/<command>-<timestamp>
+    model: SourceConfig = field(default_factory=SourceConfig)
+
+
+@dataclass
 class EvalDataConfig:
     path: str | None = None  # a folder with train/ and val/ (or test/): ImageFolder trees or shard folders
     train: str | None = None  # ... or the two folders (or shard URLs) by name
@@ -76,11 +86,7 @@ class FinetuneTrainConfig(LoopConfig):
 
 
 @dataclass
-class FinetuneConfig(RootConfig):
-    checkpoint: str | None = None  # emae, official MAE, timm, safetensors, Hugging Face folder, or 'random'
-    trust_checkpoint: bool = False  # unpickle in full (can run code from the file): trusted files only
-    output_dir: str | None = None  # None: runs/finetune-<timestamp>
-    model: SourceConfig = field(default_factory=SourceConfig)
+class FinetuneConfig(EvalRootConfig):
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
     train: FinetuneTrainConfig = field(default_factory=FinetuneTrainConfig)
 
@@ -131,11 +137,7 @@ class ProbeTrainConfig(LoopConfig):
 
 
 @dataclass
-class LinprobeConfig(RootConfig):
-    checkpoint: str | None = None
-    trust_checkpoint: bool = False
-    output_dir: str | None = None
-    model: SourceConfig = field(default_factory=SourceConfig)
+class LinprobeConfig(EvalRootConfig):
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     train: ProbeTrainConfig = field(default_factory=ProbeTrainConfig)
@@ -166,11 +168,7 @@ class KnnOptions:
 
 
 @dataclass
-class KnnConfig(RootConfig):
-    checkpoint: str | None = None
-    trust_checkpoint: bool = False
-    output_dir: str | None = None
-    model: SourceConfig = field(default_factory=SourceConfig)
+class KnnConfig(EvalRootConfig):
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
     knn: KnnOptions = field(default_factory=KnnOptions)
     run: EvalRunConfig = field(default_factory=EvalRunConfig)

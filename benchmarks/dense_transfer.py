@@ -1,0 +1,210 @@
+"""What pre-training buys a segmentation model at CPU scale (issue "Dense transfer"): CamVid (367 train / 101 val,
+11 classes), ViT-Tiny/4 at 48x64 (a 12x16 token grid, CamVid's aspect), the same recipe for every encoder, fine-tune
+seeds 0 and 1, random init beside every figure.
+
+Pre-training sources (one factor changed at a time within each):
+  camvid-VARIANT-s0   in-domain: the CamVid training images themselves, no labels, at 48x64 (1,170 steps; MAE
+                      64 images a step, EMAE 16 images x 4 parts: the same encoder sequences and lr)
+  cifar: VARIANT-s0   the CIFAR-10 checkpoints of the time-to-accuracy study's recipe (32 px, an 8x8 grid),
+                      position embeddings interpolated to 12x16 (``--cifar-dir``, benchmarks/time_to_accuracy.py)
+with VARIANT one of mae, emae (lambda 1), emae_nocons (lambda 0), umae_vit (UM-MAE's uniform mask on ViT).
+
+Phases, each resumable (results kept in OUT/*.json):
+  pretrain   the in-domain runs named by --runs (``--resume auto``)
+  segprobe   the frozen dense probe of every checkpoint of every source (and random init, 2 seeds)
+  segment    fine-tune the final checkpoint of every source (and random init) for each --seeds
+  report     tables (segprobe along the runs; segment mIoU mean ± std; per-class IoU of the finals) and a plot
+
+    python benchmarks/dense_transfer.py --phase pretrain --runs camvid-mae-s0 camvid-emae-s0
+    python benchmarks/dense_transfer.py --phase segment --sources random cifar/mae-s0 camvid/mae-s0
+    python benchmarks/dense_transfer.py --phase report --plot docs/dense_transfer.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from emae.cli.main import main as emae
+from emae.config import load_config
+from emae.engine import list_checkpoints, pretrain
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SIZE = (48, 64)
+VARIANTS = {  # overrides and encoder sequences per image (images per step = 64 / parts)
+    "mae": {"parts": 1, "overrides": []},
+    "emae": {"parts": 4, "overrides": ["method=emae", "mask.type=parallel"]},
+    "emae_nocons": {"parts": 4, "overrides": ["method=emae", "mask.type=parallel", "consistency.enabled=false"]},
+    "umae_vit": {"parts": 1, "overrides": ["method=umae", "mask.type=uniform"]},
+}
+TINY = ["--arch", "vit_tiny", "--patch-size", "4"]
+SEGMENT = ["--img-size", str(SIZE[0]), str(SIZE[1]), "--batch-size", "8", "--lr", "5e-4", "--layer-decay", "0.75",
+           "--warmup-epochs", "1", "--eval-every", "5", "--no-progress", "train.threads=1"]
+
+
+def split_run(name: str) -> tuple[str, int]:
+    variant, _, seed = name.removeprefix("camvid-").rpartition("-s")
+    if variant not in VARIANTS:
+        raise SystemExit(f"run {name!r}: expected camvid-VARIANT-sSEED, VARIANT one of {sorted(VARIANTS)}")
+    return variant, int(seed)
+
+
+def pretrain_phase(args: argparse.Namespace, root: Path) -> None:
+    for run in args.runs:
+        variant, seed = split_run(run)
+        v = VARIANTS[variant]
+        images = args.batch // v["parts"]
+        steps_per_epoch = 367 // images
+        overrides = [*v["overrides"], f"model.img_size=[{SIZE[0]},{SIZE[1]}]", f"train.batch_size={images}",
+                     f"train.seed={seed}", f"train.max_steps={args.steps}", "train.lr_batch_unit=sequences",
+                     f"train.warmup_epochs={0.05 * args.steps / steps_per_epoch!r}",
+                     f"train.save_every_steps={args.steps // 3}", "train.save_every=1000000", "train.keep_last=0",
+                     "train.log_every=10", "data.num_workers=1", "train.threads=1",
+                     "data.mean=[0.485,0.456,0.406]", "data.std=[0.229,0.224,0.225]"]
+        cfg = load_config("mae_vit_tiny_p4_cifar10", overrides,
+                          **{"data.path": str(args.data / "train" / "images"), "output_dir": str(root / run)})
+        print(f"{run}: {args.steps} steps of {images} images", flush=True)
+        pretrain(cfg, resume="auto", progress=False)
+
+
+def sources(args: argparse.Namespace, root: Path, every_checkpoint: bool) -> dict[str, str]:
+    """name -> checkpoint ("random" for random init): the in-domain runs in OUT and the CIFAR runs in --cifar-dir."""
+    found = {}
+    for name in args.sources:
+        if name == "random":
+            found["random"] = "random"
+            continue
+        kind, _, run = name.partition("/")
+        folder = (root if kind == "camvid" else Path(args.cifar_dir)) / (f"camvid-{run}" if kind == "camvid" else run)
+        ckpts = sorted(list_checkpoints(folder))
+        for path in ckpts if every_checkpoint else ckpts[-1:]:
+            found[f"{name}@{path.stem.split('-')[-1].lstrip('0')}"] = str(path)
+    return found
+
+
+def segprobe_phase(args: argparse.Namespace, root: Path) -> None:
+    store = root / "segprobe.json"
+    done = json.loads(store.read_text()) if store.exists() else {}
+    todo = {**{f"random@seed{s}": ("random", s) for s in args.seeds},
+            **{k: (v, 0) for k, v in sources(args, root, every_checkpoint=True).items() if v != "random"}}
+    for key, (ckpt, seed) in todo.items():
+        if key in done:
+            continue
+        out = root / "segprobe" / key.replace("/", "_").replace("@", "_")
+        extra = TINY if ckpt == "random" else []
+        assert emae(["segprobe", ckpt, *extra, "--data", str(args.data), "--img-size", str(SIZE[0]), str(SIZE[1]),
+                     "--seed", str(seed), "--output", str(out), "--overwrite", "--no-progress",
+                     "--feature-cache", str(root / "features"), "run.threads=1"]) == 0
+        m = json.loads((out / "metrics.json").read_text())
+        done[key] = {k: m[k] for k in ("miou", "pixel_acc", "mean_class_acc", "per_class_iou", "C", "converged",
+                                       "iterations", "seconds")}
+        store.write_text(json.dumps(done, indent=2))
+        print(key, {k: done[key][k] for k in ("miou", "pixel_acc", "converged")}, flush=True)
+
+
+def segment_phase(args: argparse.Namespace, root: Path) -> None:
+    store = root / "segment.json"
+    done = json.loads(store.read_text()) if store.exists() else {}
+    for key, ckpt in sources(args, root, every_checkpoint=False).items():
+        for seed in args.seeds:
+            name = f"{key}/seed{seed}"
+            if name in done:
+                continue
+            out = root / "segment" / key.replace("/", "_").replace("@", "_") / f"seed{seed}"
+            extra = TINY if ckpt == "random" else []
+            resume = ["--resume", "auto"] if (out / "config.yaml").exists() else ["--overwrite"]
+            assert emae(["segment", ckpt, *extra, "--data", str(args.data), *SEGMENT, "--epochs", str(args.epochs),
+                         "--seed", str(seed), "--output", str(out), *resume]) == 0
+            m = json.loads((out / "metrics.json").read_text())
+            done[name] = {k: m[k] for k in ("miou", "pixel_acc", "mean_class_acc", "per_class_iou", "seconds",
+                                            "evaluations", "interpolated")}
+            store.write_text(json.dumps(done, indent=2))
+            print(name, {k: done[name][k] for k in ("miou", "pixel_acc", "seconds")}, flush=True)
+
+
+def mean_std(values: list[float]) -> str:
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
+
+
+def report_phase(args: argparse.Namespace, root: Path) -> None:
+    probe = json.loads((root / "segprobe.json").read_text()) if (root / "segprobe.json").exists() else {}
+    seg = json.loads((root / "segment.json").read_text()) if (root / "segment.json").exists() else {}
+    print("segprobe (frozen, converged linear probe), val mIoU / pixel acc:\n")
+    print("| source | checkpoint | mIoU | pixel acc | converged |\n|---|---|---|---|---|")
+    for key, m in probe.items():
+        src, _, at = key.partition("@")
+        print(f"| {src} | {at} | {m['miou']:.2f} | {m['pixel_acc']:.2f} | {m['converged']} |")
+    groups: dict[str, list[dict]] = {}
+    for name, m in seg.items():
+        groups.setdefault(name.rsplit("/seed", 1)[0], []).append(m)
+    print("\nsegment (fine-tuned), val, mean ± sample std over the seeds:\n")
+    print("| source | seeds | mIoU | pixel acc | mean class acc |\n|---|---|---|---|---|")
+    for key, runs in groups.items():
+        print(f"| {key} | {len(runs)} | {mean_std([r['miou'] for r in runs])} | "
+              f"{mean_std([r['pixel_acc'] for r in runs])} | {mean_std([r['mean_class_acc'] for r in runs])} |")
+    if groups:
+        names = list(next(iter(groups.values()))[0]["per_class_iou"])
+        print("\nper-class IoU of the fine-tuned finals (mean over seeds):\n")
+        print("| source | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
+        for key, runs in groups.items():
+            cells = [statistics.mean(r["per_class_iou"][n] or 0.0 for r in runs) for n in names]
+            print(f"| {key} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
+    if args.plot and (probe or groups):
+        plot(probe, groups, Path(args.plot))
+
+
+def plot(probe: dict, groups: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
+    random_probe = [m["miou"] for k, m in probe.items() if k.startswith("random@")]
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for key, m in probe.items():
+        src, _, at = key.partition("@")
+        if src != "random":
+            curves.setdefault(src, []).append((int(at), m["miou"]))
+    for src, pts in sorted(curves.items()):
+        axes[0].plot(*zip(*sorted(pts)), marker="o", label=src)
+    if random_probe:
+        axes[0].axhline(statistics.mean(random_probe), color="grey", ls="--", label="random init")
+    axes[0].set(title="segprobe (frozen) along pre-training", xlabel="pre-training step", ylabel="val mIoU (%)")
+    axes[0].legend(fontsize=7)
+    keys = list(groups)
+    means = [statistics.mean(r["miou"] for r in groups[k]) for k in keys]
+    errs = [statistics.stdev([r["miou"] for r in groups[k]]) if len(groups[k]) > 1 else 0 for k in keys]
+    axes[1].barh(range(len(keys)), means, xerr=errs, color=["grey" if k.startswith("random") else "tab:blue"
+                                                            for k in keys])
+    axes[1].set_yticks(range(len(keys)), [k.split("@")[0] for k in keys], fontsize=7)
+    axes[1].set(title="segment (fine-tuned), 2 seeds", xlabel="val mIoU (%)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--phase", required=True, choices=["pretrain", "segprobe", "segment", "report"])
+    p.add_argument("--out", default="/work/runs/dense")
+    p.add_argument("--data", type=Path, default=SHARED / "camvid")
+    p.add_argument("--cifar-dir", default="/work/runs/study3", help="the CIFAR study's run folders")
+    p.add_argument("--runs", nargs="*", default=[])
+    p.add_argument("--sources", nargs="*", default=["random"],
+                   help="random, camvid/VARIANT-sSEED (in OUT) or cifar/VARIANT-sSEED (in --cifar-dir)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--steps", type=int, default=1170)
+    p.add_argument("--batch", type=int, default=64, help="encoder sequences per pre-training step")
+    p.add_argument("--epochs", type=int, default=20, help="segmentation fine-tuning epochs")
+    p.add_argument("--plot", default=None)
+    args = p.parse_args()
+    root = Path(args.out)
+    root.mkdir(parents=True, exist_ok=True)
+    {"pretrain": pretrain_phase, "segprobe": segprobe_phase, "segment": segment_phase,
+     "report": report_phase}[args.phase](args, root)
+
+
+if __name__ == "__main__":
+    main()
