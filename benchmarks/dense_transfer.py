@@ -40,7 +40,7 @@ VARIANTS = {  # overrides and encoder sequences per image (images per step = 64 
     "umae_vit": {"parts": 1, "overrides": ["method=umae", "mask.type=uniform"]},
 }
 TINY = ["--arch", "vit_tiny", "--patch-size", "4"]
-SEGMENT = ["--img-size", str(SIZE[0]), str(SIZE[1]), "--batch-size", "8", "--lr", "5e-4", "--layer-decay", "0.75",
+SEGMENT = ["--img-size", str(SIZE[0]), str(SIZE[1]), "--batch-size", "8", "--lr", "1e-3", "--layer-decay", "0.75",
            "--warmup-epochs", "1", "--eval-every", "5", "--no-progress", "train.threads=1"]
 
 
