@@ -79,7 +79,8 @@ def validate(cfg) -> None:
         require(t.distributed == "fsdp", "train.fsdp_checkpoint", t.fsdp_checkpoint,
                 "sharded checkpoints need train.distributed: fsdp")
     if t.dist_backend == "nccl":
-        require(t.device != "cpu", "train.dist_backend", t.dist_backend, "nccl needs CUDA; use gloo with train.device cpu")
+        require(t.device != "cpu", "train.dist_backend", t.dist_backend,
+                "nccl needs CUDA; use gloo with train.device cpu")
     mon = t.monitor
     require(mon.every >= 0, "train.monitor.every", mon.every, "must be >= 0 (0: at the end of every epoch)")
     positive(mon, "train.monitor.", "images", "k", "recon_images", "batch_size", allow_none=False)

@@ -29,7 +29,8 @@ class CheckpointHook(Hook):
 
     def __init__(self, meta: dict, save_every: int, save_every_steps: int = 0, keep_last: int = 0,
                  generators: dict[str, torch.Generator] | None = None, sharded: bool = False) -> None:
-        self.meta, self.save_every, self.save_every_steps, self.keep_last = meta, save_every, save_every_steps, keep_last
+        self.meta, self.save_every, self.save_every_steps = meta, save_every, save_every_steps
+        self.keep_last = keep_last
         self.generators = generators or {}
         self.sharded = sharded
         self.last: Path | None = None  # the newest checkpoint this invocation wrote

@@ -40,7 +40,8 @@ class MonitorSet:
         mon, m = cfg.train.monitor, cfg.model
         source = limit(open_images(mon.data, m.in_chans, progress=progress), mon.images, seed=0)
         if len(source) < 2:
-            raise DataError(f"train.monitor.data: {mon.data} holds {len(source)} image(s); the monitor needs at least 2")
+            raise DataError(f"train.monitor.data: {mon.data} holds {len(source)} image(s); the monitor needs at "
+                            f"least 2")
         tf = eval_transform(m.image_size, cfg.data.mean, cfg.data.std)
         self.images = torch.stack([tf(source.fetch(i)[0]) for i in range(len(source))])
         self.labels = None if source.labels is None else torch.tensor(source.labels)

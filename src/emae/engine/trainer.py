@@ -192,7 +192,8 @@ def write_start(loop, cfg: Config, source, lr: float, per_image: int, init_info:
     else:
         loop.log.write(type="start", lr=lr, steps_per_epoch=loop.steps_per_epoch, images=len(source),
                        data=str(source.root), params=sum(p.numel() for p in loop.model.parameters() if p.requires_grad),
-                       world_size=info.world_size, global_batch=global_batch, sequences_per_step=global_batch * per_image,
+                       world_size=info.world_size, global_batch=global_batch,
+                       sequences_per_step=global_batch * per_image,
                        lr_batch_unit=t.lr_batch_unit, total_steps=loop.total_steps, warmup_steps=warmup_steps,
                        warmup_fraction=min(1.0, warmup_steps / loop.total_steps), sequences_per_image=per_image,
                        **machine, **init_info)

@@ -213,7 +213,8 @@ def segprobe(loaded: Loaded, train_src, val_src, out: Path, cfg: SegprobeConfig,
     transform = whitening(x)
     z = whitened(x, transform)
     del x
-    c, selection = choose_c(z, y, owner, transform, maps["segtrain"], labels["segtrain"], p, r.seed, k, ignore, fit_opts)
+    c, selection = choose_c(z, y, owner, transform, maps["segtrain"], labels["segtrain"], p, r.seed, k, ignore,
+                            fit_opts)
     clf = fit_logistic(z, y, c, fit_opts)
     iterations = int(np.max(clf.n_iter_))
     weight, bias = full_head(clf, transform, k)
