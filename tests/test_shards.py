@@ -33,9 +33,12 @@ ENCODE = 251  # test images: sample i is a solid colour (i % 251, i // 251, 0), 
 
 
 def ids(imgs: torch.Tensor) -> list[int]:
-    """Back from a normalised batch of solid colours to the sample numbers."""
+    """Back from a batch of solid colours (the loader's uint8, or normalised floats) to the sample numbers."""
     mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3), torch.tensor(IMAGENET_STD).view(1, 3)
-    rgb = (imgs.mean(dim=(2, 3)) * std + mean) * 255
+    if imgs.dtype == torch.uint8:
+        rgb = imgs.float().mean(dim=(2, 3))
+    else:
+        rgb = (imgs.mean(dim=(2, 3)) * std + mean) * 255
     return [int(round(r)) + ENCODE * int(round(g)) for r, g, _ in rgb.tolist()]
 
 

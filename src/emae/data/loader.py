@@ -15,13 +15,12 @@ from torch.utils.data import DataLoader, Sampler
 from ..config import Config
 from ..errors import ConfigError, DataError
 from .cache import DecodedCache
+from .crop import CropSampler, CroppedImages, normalize_uint8
 from .device_decode import EncodedBatch, EncodedImages, collate_encoded, decode_batch
 from .embedded import EmbeddedDigits
-from .folder import TransformedImages
 from .seeds import epoch_seed, sample_seed
 from .shards import ShardSet, is_shards, open_images
 from .stream import ShardBatchSampler, ShardStreams, as_is
-from .transforms import pretrain_transform
 
 
 class ResumableSampler(Sampler):
@@ -123,9 +122,8 @@ def pretrain_loader(cfg: Config, source, rank: int = 0, world_size: int = 1, pin
         return shard_loader(cfg, source, rank, world_size, pin_memory)
     if d.decode == "device":  # workers read bytes and draw crops; batch_to_device decodes
         dataset, collate_fn = EncodedImages(source, cfg.model.image_size, d.scale, d.hflip), collate_encoded
-    else:
-        tf = pretrain_transform(cfg.model.image_size, d.scale, d.hflip, d.mean, d.std)
-        dataset, collate_fn = TransformedImages(source, tf), collate
+    else:  # workers crop first and send uint8; batch_to_device normalises
+        dataset, collate_fn = CroppedImages(source, crop_sampler(cfg)), collate
     sampler = ResumableSampler(len(dataset), cfg.train.batch_size, cfg.train.seed, rank, world_size)
     loader = DataLoader(
         dataset,
@@ -136,6 +134,7 @@ def pretrain_loader(cfg: Config, source, rank: int = 0, world_size: int = 1, pin
         pin_memory=pin_memory,
         drop_last=True,
         persistent_workers=d.num_workers > 0,
+        prefetch_factor=d.prefetch_factor if d.num_workers > 0 else None,
         worker_init_fn=ignore_stop_signals,
     )
     if d.num_workers > 0:
@@ -146,8 +145,7 @@ def pretrain_loader(cfg: Config, source, rank: int = 0, world_size: int = 1, pin
 def shard_loader(cfg: Config, shards: ShardSet, rank: int = 0, world_size: int = 1,
                  pin_memory: bool = False) -> DataLoader:
     d = cfg.data
-    tf = pretrain_transform(cfg.model.image_size, d.scale, d.hflip, d.mean, d.std)
-    dataset = ShardStreams(shards, tf, cfg.train.batch_size, cfg.train.seed, rank, world_size, d.num_workers,
+    dataset = ShardStreams(shards, crop_sampler(cfg), cfg.train.batch_size, cfg.train.seed, rank, world_size, d.num_workers,
                            d.shuffle_buffer)
     if dataset.batches_per_stream == 0:
         raise DataError(f"data: {len(shards)} images over {world_size} process(es) x {dataset.streams} stream(s) give "
@@ -155,15 +153,25 @@ def shard_loader(cfg: Config, shards: ShardSet, rank: int = 0, world_size: int =
     sampler = ShardBatchSampler(dataset.streams, dataset.batches_per_stream)
     loader = DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=d.num_workers, collate_fn=as_is,
                         pin_memory=pin_memory, persistent_workers=d.num_workers > 0,
+                        prefetch_factor=d.prefetch_factor if d.num_workers > 0 else None,
                         worker_init_fn=ignore_stop_signals)
     if d.num_workers > 0:
         _OPEN.add(loader)
     return loader
 
 
+def crop_sampler(cfg: Config) -> CropSampler:
+    d = cfg.data
+    return CropSampler(cfg.model.image_size, d.scale, d.hflip, d.draft, d.resize)
+
+
 def batch_to_device(imgs, cfg: Config, device: torch.device) -> tuple[torch.Tensor, list[str]]:
-    """A loader batch as a float tensor on ``device``, and the paths that failed to decode there
-    (``data.decode=device`` only; the CPU path reports its failures with the batch)."""
+    """A loader batch as a normalised float tensor on ``device``, and the paths that failed to decode there
+    (``data.decode=device`` only; the CPU path reports its failures with the batch). uint8 batches (the workers'
+    crops) are normalised here, on the device, to exactly the values of torchvision's ToTensor + Normalize."""
     if isinstance(imgs, EncodedBatch):
         return decode_batch(imgs, cfg.model.image_size, cfg.data.mean, cfg.data.std, device)
-    return imgs.to(device, non_blocking=True), []
+    imgs = imgs.to(device, non_blocking=True)
+    if imgs.dtype == torch.uint8:
+        return normalize_uint8(imgs, cfg.data.mean, cfg.data.std), []
+    return imgs, []
