@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
 from emae.data import EmbeddedDigits, ImageFiles, ResumableSampler, TransformedImages, pretrain_transform
-from emae.data.crop import CropSampler, dct_factor, draw_crop, normalize_uint8, upsampled_share
+from emae.data.batch import normalize_uint8
+from emae.data.crop import CropSampler, dct_factor, draw_crop, upsampled_share
 from emae.data.cache import DecodedCache
 from emae.data.loader import batch_to_device, collate, image_source, pretrain_loader
 from emae.engine import load_checkpoint, pretrain
@@ -28,7 +29,7 @@ CPU = torch.device("cpu")
 def smooth_jpeg(seed: int, width: int = 256, height: int = 192, quality: int = 90) -> bytes:
     """A photograph-like JPEG: smooth colour fields (noise upscaled) with a little grain."""
     rng = np.random.default_rng(seed)
-    small = Image.fromarray(rng.integers(0, 255, (height // 16, width // 16, 3), dtype=np.uint8))
+    small = Image.fromarray(rng.integers(0, 255, (max(2, height // 16), max(2, width // 16), 3), dtype=np.uint8))
     big = np.asarray(small.resize((width, height), Image.BICUBIC)).astype(np.float32)
     big = np.clip(big + rng.normal(0, 4, big.shape), 0, 255).astype(np.uint8)
     out = io.BytesIO()
@@ -189,12 +190,12 @@ def test_loader_settings_and_their_checks(tmp_path):
                       **{"data.path": str(tmp_path)})
     loader = pretrain_loader(cfg, image_source(cfg))
     assert loader.prefetch_factor == 3 and loader.persistent_workers
-    for bad, message in (("data.prefetch_factor=0", "data.prefetch_factor"), ("data.resize=cv2", "choose pil or torch")):
+    for bad, message in (("data.prefetch_factor=0", "data.prefetch_factor"), ("data.resize=cv2", "choose pil, torch or device")):
         with pytest.raises(ConfigError, match=message):
             tiny_config(bad)
 
 
-@pytest.mark.parametrize("extra", [[], ["data.resize=torch"]], ids=["pil", "torch-resize"])
+@pytest.mark.parametrize("extra", [[], ["data.resize=torch"], ["data.resize=device"]], ids=["pil", "torch", "device"])
 def test_exact_resume_with_dct_scaled_crops(tmp_path, extra):
     """48 px images for a 16 px model: most crops are DCT-scaled; a run stopped mid-epoch and resumed with another
     worker count ends bit-identical to the run straight through."""
@@ -210,3 +211,74 @@ def test_exact_resume_with_dct_scaled_crops(tmp_path, extra):
     second = run(tmp_path / "b", "data.num_workers=2", resume="auto")
     a, b = load_checkpoint(straight.checkpoint)["model"], load_checkpoint(second.checkpoint)["model"]
     assert second.global_step == straight.global_step == 8 and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_batched_device_crop_equals_the_per_image_crop():
+    """One batched resampling (data/resample.py) of images of different sizes (zero-padded into one tensor), with
+    flips, up- and down-scaling: equal to torchvision's per-image resized_crop on float tensors within 1e-3 of a
+    level, and, in 8-bit levels, within one level of the uint8 resized_crop and of PIL's."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from emae.data.resample import pad_to_batch, resized_crops
+
+    g = torch.Generator().manual_seed(0)
+    sizes, boxes = [(40, 50), (33, 61), (64, 30), (20, 20), (90, 120)], [[3, 5, 30, 40], [0, 0, 33, 61],
+                                                                        [10, 2, 50, 20], [4, 6, 9, 12], [7, 9, 80, 100]]
+    smooth = [torch.nn.functional.interpolate(torch.rand(1, 3, 5, 6, generator=g) * 255, size=s, mode="bilinear")[0]
+              for s in sizes]
+    flips = torch.tensor([False, True, False, True, True])
+    batch, boxes = pad_to_batch(smooth), torch.tensor(boxes)
+    out = resized_crops(batch, boxes, (16, 24), flips)
+    levels = resized_crops(batch.round().to(torch.uint8), boxes, (16, 24), flips, levels=True)
+    for k, img in enumerate(smooth):
+        t, l, h, w = boxes[k].tolist()
+        ref = TF.resized_crop(img, t, l, h, w, [16, 24], interpolation=T.InterpolationMode.BICUBIC, antialias=True)
+        u8 = img.round().to(torch.uint8)
+        ref8 = TF.resized_crop(u8, t, l, h, w, [16, 24], interpolation=T.InterpolationMode.BICUBIC, antialias=True)
+        pil = T.functional.resized_crop(Image.fromarray(u8.permute(1, 2, 0).numpy()), t, l, h, w, [16, 24],
+                                        T.InterpolationMode.BICUBIC)
+        pil = torch.from_numpy(np.asarray(pil)).permute(2, 0, 1)
+        if flips[k]:
+            ref, ref8, pil = ref.flip(-1), ref8.flip(-1), pil.flip(-1)
+        assert (out[k] - ref).abs().max() < 1e-3, k
+        assert (levels[k] - ref8.float()).abs().max() <= 1 and (levels[k] - pil.float()).abs().max() <= 1, k
+
+
+def test_batched_device_crop_stays_on_the_device():
+    """The meta device stands in for a GPU: the resampling runs with no host round trip (no .item(), no copy)."""
+    from emae.data.resample import resized_crops
+
+    images = torch.empty(4, 3, 50, 60, dtype=torch.uint8, device="meta")
+    out = resized_crops(images, torch.tensor([[0, 0, 50, 60]] * 4), (16, 16), torch.tensor([True, False] * 2),
+                        levels=True)
+    assert out.device.type == "meta" and out.shape == (4, 3, 16, 16) and out.dtype == torch.float32
+
+
+@pytest.mark.parametrize("size", [20, 48], ids=["full-scale", "dct-scaled"])
+def test_resize_on_the_device_is_within_a_level_of_the_worker_resize(tmp_path, size):
+    """data.resize=device: the workers send the pixels around each box and batch_to_device resizes the batch; the
+    same samples as data.resize=pil, within one level where no DCT scaling applies (20 px images), within the
+    DCT-scaled crop's own tolerance otherwise (48 px images, 16 px output), from folders and from shards."""
+    from emae.data.batch import CropBatch
+    from emae.data.shard_writer import write_shards
+
+    (tmp_path / "img").mkdir()
+    for i in range(12):  # smooth pictures: on white noise, PIL's clamped 8-bit intermediate differs by more
+        (tmp_path / "img" / f"{i:02d}.jpg").write_bytes(smooth_jpeg(i, size, size))
+    write_shards(tmp_path / "img", tmp_path / "sh", shard_size=5, progress=False)
+    one_level = 1 / 255 / 0.224 + 1e-5  # the smallest std: the largest step per level
+    for path in ("img", "sh"):
+        out = {}
+        for resize in ("pil", "device"):
+            cfg = tiny_config("train.batch_size=6", "data.num_workers=1", f"data.resize={resize}",
+                              **{"data.path": str(tmp_path / path)})
+            loader = pretrain_loader(cfg, image_source(cfg))
+            loader.sampler.set_epoch(0)
+            batches = list(loader)
+            assert all(isinstance(b[0], CropBatch) == (resize == "device") for b in batches)
+            out[resize] = torch.cat([batch_to_device(b[0], cfg, CPU)[0] for b in batches])
+        diff = (out["device"] - out["pil"]).abs()
+        if size == 20:
+            assert diff.max() <= one_level and diff.mean() < one_level / 10, (path, diff.max(), diff.mean())
+        else:
+            assert diff.mean() < 1.5 * one_level, (path, diff.mean())

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..errors import DataError
+from .batch import stack_samples
 from .crop import CropSampler
 from .folder import describe
 from .seeds import epoch_seed, sample_seed
@@ -171,7 +172,7 @@ class ShardStreams(Dataset):
             if imgs[i] is None:
                 j = next(k % n for k in range(i, i + n) if k % n in good)
                 imgs[i], labels[i] = imgs[j], labels[j]
-        return torch.stack(imgs), torch.tensor(labels), bad
+        return stack_samples(imgs), torch.tensor(labels), bad
 
 
 def as_is(batch):
