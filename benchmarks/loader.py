@@ -122,7 +122,7 @@ def jpeg_table(args) -> None:
     """Per-core img/s of each pipeline with each worker count, the best of ``--rounds`` rounds (alternating)."""
     from loader_pipelines import emae_config, emae_loader, rate, reference_loader
 
-    from emae.data.crop import normalize_uint8
+    from emae.data.batch import normalize_uint8
 
     workers = [int(w) for w in args.workers.split(",")] if args.workers else [1, 2]
     print(f"torch {torch.__version__}; {os.cpu_count()} CPUs, load average before {os.getloadavg()[0]:.2f}; "

@@ -84,7 +84,7 @@ class DataConfig:
     shuffle_buffer: int = 2000  # shards: samples in each stream's shuffle buffer (more mixes better, holds more bytes)
     # --- issue 25: the crop-first uint8 pipeline and the loader's own settings
     draft: bool = True  # JPEG: decode at 1/2..1/8 scale (DCT) when the crop is >= 2x the output on both sides
-    resize: str = "pil"  # crops: pil (torchvision's numbers) | torch (uint8, ~3x faster, within 1 level) | device (GPU)
+    resize: str = "pil"  # crop resampler: pil (torchvision's numbers) | torch (uint8 bicubic: ~3x faster, within 1 level)
     prefetch_factor: int = 2  # batches each loader worker prepares ahead (torch's default)
     device_prefetch: bool = False  # prepare the next batch on the device (side CUDA stream, a thread) during the step
 
@@ -421,7 +421,7 @@ def validate(cfg: Config) -> None:
         _require(d.path is not None, "data.decode", d.decode, "device decoding reads image files: give data.path")
         _require(not d.cache, "data.decode", d.decode, "device decoding and data.cache=true exclude each other")
     # --- issue 25
-    _require(d.resize in ("pil", "torch", "device"), "data.resize", d.resize, "choose pil, torch or device")
+    _require(d.resize in ("pil", "torch"), "data.resize", d.resize, "choose pil or torch")
     if d.decode == "device":
         _require(d.resize == "pil", "data.resize", d.resize, "is for data.decode=cpu (device decoding resizes there)")
     _require(d.prefetch_factor > 0, "data.prefetch_factor", d.prefetch_factor, "must be a positive integer")

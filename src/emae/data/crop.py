@@ -12,10 +12,9 @@ box and flip. That allows:
 - **uint8 out**: the worker sends (C, H, W) uint8, a quarter of float32's bytes; :func:`normalize_uint8` turns a
   batch into torchvision's ``ToTensor`` + ``Normalize`` floats on the device, bit for bit.
 
-``data.resize`` chooses where and how a crop is resized: ``pil`` (torchvision's numbers), ``torch`` (torch's uint8
-antialiased bicubic: about 3x faster than PIL's on this CPU, within one level of it; DCT-scaled crops are resized by
-PIL from their fractional box either way) or ``device``: the worker sends the decoded pixels around the box
-(:class:`~emae.data.batch.Region`) and the training device resizes the whole batch at once.
+``data.resize`` chooses the resampler of crops decoded at full scale: ``pil`` (torchvision's numbers) or ``torch``
+(torch's uint8 antialiased bicubic: about 3x faster than PIL's on this CPU, within one level of it). DCT-scaled
+crops are resized by PIL from their fractional box either way.
 """
 
 from __future__ import annotations
@@ -29,12 +28,11 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import functional as F
 
-from .batch import Region
 from .folder import MAX_PIXELS, ImageFiles, check_regular, finish_decode, open_image
 
 RATIO = (3.0 / 4.0, 4.0 / 3.0)  # torchvision's RandomResizedCrop default: MAE keeps it
 DCT_FACTORS = (8, 4, 2)  # the JPEG reductions PIL's draft offers
-RESIZERS = ("pil", "torch", "device")
+RESIZERS = ("pil", "torch")
 
 
 def draw_crop(height: int, width: int, scale: tuple[float, float], hflip: bool) -> tuple[tuple[int, int, int, int], bool]:
@@ -57,8 +55,7 @@ def to_uint8(img: Image.Image) -> torch.Tensor:
 
 
 class CropSampler:
-    """Draws, decodes, crops, resizes and flips one sample into (C, H, W) uint8 (a :class:`Region` for
-    ``resize="device"``); call it under the sample's seed.
+    """Draws, decodes, crops, resizes and flips one sample into (C, H, W) uint8; call it under the sample's seed.
 
     ``from_file`` takes a path or file object (it reads the header first, for DCT scaling); ``from_image`` an image
     already decoded (the in-memory cache, the embedded digits)."""
@@ -91,8 +88,6 @@ class CropSampler:
         """Crop ``box`` (full-resolution coordinates) of ``img`` (decoded at 1 / ``factor``) to the output size."""
         top, left, h, w = box
         oh, ow = self.size
-        if self.resize == "device":
-            return _region(img, box, flip, factor)
         if factor > 1:  # the box in the reduced image, to sub-pixel precision (PIL takes a fractional box)
             s = 1.0 / factor
             out = img.resize((ow, oh), Image.BICUBIC, box=(left * s, top * s, (left + w) * s, (top + h) * s))
@@ -101,18 +96,6 @@ class CropSampler:
         else:  # torchvision's own calls: the same pixels
             out = F.resized_crop(img, top, left, h, w, [oh, ow], T.InterpolationMode.BICUBIC, antialias=True)
         return to_uint8(F.hflip(out) if flip else out)
-
-
-def _region(img: Image.Image, box: tuple[int, int, int, int], flip: bool, factor: int) -> Region:
-    """``data.resize=device``: the decoded pixels that the box (at 1 / ``factor`` scale) overlaps, and the box in
-    them; the device resizes the batch."""
-    with warnings.catch_warnings():  # read only: the collate copies the region into the batch
-        warnings.simplefilter("ignore", UserWarning)
-        pixels = torch.from_numpy(np.asarray(img)).view(img.height, img.width, -1).permute(2, 0, 1)
-    top, left, h, w = (v / factor for v in box)
-    y0, x0 = int(np.floor(top)), int(np.floor(left))
-    y1, x1 = min(img.height, int(np.ceil(top + h))), min(img.width, int(np.ceil(left + w)))
-    return Region(pixels[:, y0:y1, x0:x1], (top - y0, left - x0, h, w), flip)
 
 
 def _torch_crop(img: Image.Image, box: tuple[int, int, int, int], flip: bool, size: tuple[int, int]) -> torch.Tensor:

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Sampler
 from ..config import Config
 from ..errors import ConfigError, DataError
 from .cache import DecodedCache
-from .batch import CropBatch, crop_batch_on_device, normalize_uint8, stack_samples
+from .batch import normalize_uint8, stack_samples
 from .crop import CropSampler, CroppedImages
 from .device_decode import EncodedBatch, EncodedImages, collate_encoded, decode_batch
 from .embedded import EmbeddedDigits
@@ -172,8 +172,6 @@ def batch_to_device(imgs, cfg: Config, device: torch.device) -> tuple[torch.Tens
     crops) are normalised here, on the device, to exactly the values of torchvision's ToTensor + Normalize."""
     if isinstance(imgs, EncodedBatch):
         return decode_batch(imgs, cfg.model.image_size, cfg.data.mean, cfg.data.std, device)
-    if isinstance(imgs, CropBatch):  # data.resize=device
-        return crop_batch_on_device(imgs, cfg.model.image_size, cfg.data.mean, cfg.data.std, device), []
     imgs = imgs.to(device, non_blocking=True)
     if imgs.dtype == torch.uint8:
         return normalize_uint8(imgs, cfg.data.mean, cfg.data.std), []
