@@ -19,6 +19,7 @@ from .batch import normalize_uint8, stack_samples
 from .crop import CropSampler, CroppedImages
 from .device_decode import EncodedBatch, EncodedImages, collate_encoded, decode_batch
 from .embedded import EmbeddedDigits
+from .prefetch import DevicePrefetcher, Prepared
 from .seeds import epoch_seed, sample_seed
 from .shards import ShardSet, is_shards, open_images
 from .stream import ShardBatchSampler, ShardStreams, as_is
@@ -70,6 +71,9 @@ def close_loader(loader: DataLoader, timeout: float = 5.0) -> None:
     :func:`ignore_stop_signals`), so the interpreter's own exit, which terminates daemonic children with SIGTERM and
     then joins them, would wait for ever. Polite first (torch's shutdown: a stop message, a join with a timeout),
     then SIGKILL for any worker still alive ``timeout`` seconds later."""
+    if isinstance(loader, DevicePrefetcher):  # data.device_prefetch: its thread first, then the loader it reads
+        loader.close(timeout)
+        loader = loader.loader
     it = loader.__dict__.get("_iterator")  # persistent workers: the loader keeps its iterator
     workers = list(getattr(it, "_workers", []))
     try:
@@ -115,9 +119,18 @@ def image_source(cfg: Config, progress: bool = True):
     return DecodedCache(files, progress) if cfg.data.cache else files
 
 
-def pretrain_loader(cfg: Config, source, rank: int = 0, world_size: int = 1, pin_memory: bool = False) -> DataLoader:
+def pretrain_loader(cfg: Config, source, rank: int = 0, world_size: int = 1, pin_memory: bool = False,
+                    device: torch.device | None = None) -> DataLoader:
     """Batches of (images, labels, skipped names) whose ``sampler`` has ``batches_per_epoch`` and
-    ``set_epoch(epoch, start_batch)``: a seeded permutation of an image source, or shard streams."""
+    ``set_epoch(epoch, start_batch)``: a seeded permutation of an image source, or shard streams. ``device``: the
+    training device; with ``data.device_prefetch`` the batches come ready on it, one ahead (data/prefetch.py)."""
+    loader = _pretrain_loader(cfg, source, rank, world_size, pin_memory)
+    if cfg.data.device_prefetch and device is not None:
+        return DevicePrefetcher(loader, lambda imgs: batch_to_device(imgs, cfg, device), device)
+    return loader
+
+
+def _pretrain_loader(cfg: Config, source, rank: int, world_size: int, pin_memory: bool) -> DataLoader:
     d = cfg.data
     if isinstance(source, ShardSet):
         return shard_loader(cfg, source, rank, world_size, pin_memory)
@@ -170,6 +183,8 @@ def batch_to_device(imgs, cfg: Config, device: torch.device) -> tuple[torch.Tens
     """A loader batch as a normalised float tensor on ``device``, and the paths that failed to decode there
     (``data.decode=device`` only; the CPU path reports its failures with the batch). uint8 batches (the workers'
     crops) are normalised here, on the device, to exactly the values of torchvision's ToTensor + Normalize."""
+    if isinstance(imgs, Prepared):  # data.device_prefetch: ready already, on a side stream
+        return imgs.take()
     if isinstance(imgs, EncodedBatch):
         return decode_batch(imgs, cfg.model.image_size, cfg.data.mean, cfg.data.std, device)
     imgs = imgs.to(device, non_blocking=True)

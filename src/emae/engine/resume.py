@@ -23,6 +23,7 @@ MAY_CHANGE = (
     "train.save_every_steps", "train.keep_last", "train.log_every", "train.num_vis", "data.num_workers",
     "train.device", "train.threads", "train.distributed", "train.dist_backend", "train.fsdp_checkpoint",
     "train.activation_checkpointing", "train.compile",
+    "data.prefetch_factor", "data.device_prefetch",  # issue 25: loader settings that change no number
 )
 LONGER_ONLY = ("train.max_steps", "train.epochs")
 Change = tuple[str, Any, Any]  # key, the run's value, the new value

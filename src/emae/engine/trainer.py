@@ -169,7 +169,8 @@ def set_up(cfg: Config, info: DistInfo, out: Path, resume_path: Path | None, ckp
     seed_everything(t.seed)
 
     source = image_source(cfg, progress=progress and info.is_main)
-    loader = pretrain_loader(cfg, source, info.rank, info.world_size, pin_memory=device.type == "cuda")
+    loader = pretrain_loader(cfg, source, info.rank, info.world_size, pin_memory=device.type == "cuda",
+                             device=device)  # issue 25: device= lets data.device_prefetch prepare batches ahead
     closing.callback(close_loader, loader)
     steps_per_epoch = loader.sampler.batches_per_epoch // t.accum_iter
     if steps_per_epoch == 0:
