@@ -1,14 +1,25 @@
-"""Data pipeline against the training step: is the loader ever the bottleneck?
+"""Data pipelines: against the training step (default), or against FB MAE's loader per CPU core (``--jpegs``).
 
-In one run: the pre-training loader on its own (JPEG decode + RandomResizedCrop + flip + normalise, with the
-recipe's worker count), with and without the decoded-image cache (``data.cache=true``), and the training
-step on its own (synthetic batch of the same shape, forward + backward + fused AdamW); then ``data.decode=device``:
-the workers alone (reading bytes, drawing crops) and with the batch decoded in this process on the GPU (or the
-host without one); then the same images as WebDataset shards (``emae shards write``), streamed. Prints img/s and
-the ratio loader / step; the goal is >= 3.
+``--jpegs DIR`` (issue 25) measures side by side, per CPU core, with 1 and 2 workers: (a) FB MAE's reference loader
+(ImageFolder + PIL + RandomResizedCrop(224, scale=(0.2, 1), bicubic) + flip + ToTensor + Normalize, float32),
+(b) emae's folder loader (crop-first, uint8; also with ``data.resize=torch``), (c) emae's shard loader on shards of
+the same files, (d) the same from ``emae shards write --max-side 256`` shards; on DIR's JPEGs and on synthetic
+1024x768 JPEGs; img/s, img/s per core and the ratio to (a). emae's uint8 batches are normalised on the device in
+the training process (``batch_to_device``): not in the workers' figures; its cost on this CPU is printed apart.
+
+    python benchmarks/loader.py --jpegs ../shared/data/camvid/train/images [--rounds 2] [--workers 1,2]
+
+Default mode: the pre-training loader alone (JPEG decode + crop + flip, the recipe's worker count), with and without
+the decoded-image cache, ``data.decode=device``, shards, against the training step on its own.
 
     python benchmarks/loader.py [--data ../shared/data/cifar10/train] [--config mae_vit_tiny_p4_cifar10]
                                 [--workers 2] [--batches 40] [--steps 6] [--shards DIR] [key=value ...]
+
+In one run: the loader with and without the decoded-image cache (``data.cache=true``), the training step on its
+own (synthetic batch of the same shape, forward + backward + fused AdamW); then ``data.decode=device``: the workers
+alone (reading bytes, drawing crops) and with the batch decoded in this process on the GPU (or the host without
+one); then the same images as WebDataset shards (``emae shards write``), streamed. Prints img/s and the ratio
+loader / step; the goal is >= 3.
 
 On a machine with as many cores as this one (2), the loader's workers and the training step share the cores
 in a real run; both are measured alone here, which is the standard loader benchmark. ``emae pretrain
@@ -18,6 +29,7 @@ in a real run; both are measured alone here, which is the standard loader benchm
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -25,6 +37,7 @@ import time
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from emae.config import load_config
 from emae.data import batch_to_device, image_source, is_shards, pretrain_loader
@@ -78,17 +91,96 @@ def step_rate(cfg, steps: int) -> float:
     return cfg.train.batch_size / statistics.median(times)
 
 
+PIPELINES = [  # (row, kind, overrides); kind: reference, folder, shards, shards-256
+    ("(a) FB MAE reference", "reference", ()),
+    ("(b) emae folder", "folder", ()),
+    ("(b') emae folder, data.resize=torch", "folder", ("data.resize=torch",)),
+    ("(c) emae shards", "shards", ()),
+    ("(d) emae shards --max-side 256", "shards-256", ()),
+    ("(d') the same, data.resize=torch", "shards-256", ("data.resize=torch",)),
+]
+
+
+def jpeg_inputs(args, tmp: Path) -> list[tuple[str, Path]]:
+    """(description, ImageFolder root) of each input set: DIR's JPEGs linked ``--repeats`` times, and synthetic."""
+    from loader_pipelines import linked_copies, synthetic_jpegs
+
+    src = Path(args.jpegs)
+    real = linked_copies(src, tmp / "real", args.repeats)
+    count = len(list((real / "all").iterdir()))
+    with Image.open(next((real / "all").iterdir())) as im:
+        size = f"{im.width}x{im.height}"
+    sets = [(f"{src} ({count // args.repeats} JPEGs of {size}, each linked {args.repeats}x)", real)]
+    if args.synthetic:
+        w, h = (int(v) for v in args.synthetic.split("x"))
+        synthetic_jpegs(tmp / "synth", args.synthetic_count, w, h)
+        sets.append((f"synthetic: {args.synthetic_count} JPEGs of {w}x{h}, quality 90", tmp / "synth"))
+    return sets
+
+
+def jpeg_table(args) -> None:
+    """Per-core img/s of each pipeline with each worker count, the best of ``--rounds`` rounds (alternating)."""
+    from loader_pipelines import emae_config, emae_loader, rate, reference_loader
+
+    from emae.data.batch import normalize_uint8
+
+    workers = [int(w) for w in args.workers.split(",")] if args.workers else [1, 2]
+    print(f"torch {torch.__version__}; {os.cpu_count()} CPUs, load average before {os.getloadavg()[0]:.2f}; "
+          f"batch {args.batch_size}, {args.size} px; best of {args.rounds} rounds", flush=True)
+    with tempfile.TemporaryDirectory(prefix="emae-loader-") as tmp_name:
+        tmp = Path(tmp_name)
+        for title, root in jpeg_inputs(args, tmp):
+            t0 = time.perf_counter()
+            write_shards(root, tmp / "sh" / root.name, progress=False)
+            write_shards(root, tmp / "sh256" / root.name, progress=False, max_side=256)
+            paths = {"folder": root / "all", "shards": tmp / "sh" / root.name, "shards-256": tmp / "sh256" / root.name}
+            print(f"\n{title}; shards written in {time.perf_counter() - t0:.0f} s", flush=True)
+            best: dict[tuple[str, int], float] = {}
+            for _ in range(args.rounds):
+                for w in workers:
+                    for label, kind, extra in PIPELINES:
+                        if kind == "reference":
+                            loader = reference_loader(root, args.size, args.batch_size, w)
+                        else:
+                            loader = emae_loader(emae_config(paths[kind], args.size, args.batch_size, w, *extra))
+                        r = rate(loader, skip=w)
+                        best[label, w] = max(best.get((label, w), 0.0), r)
+                        del loader
+            print(f"\n| pipeline | workers | img/s | img/s per core | per core vs (a) |\n|---|---|---|---|---|")
+            for w in workers:
+                ref = best[PIPELINES[0][0], w] / w
+                for label, _, _ in PIPELINES:
+                    r = best[label, w]
+                    print(f"| {label} | {w} | {r:,.0f} | {r / w:,.0f} | {r / w / ref:.2f}x |", flush=True)
+    batch = torch.randint(0, 256, (args.batch_size, 3, args.size, args.size), dtype=torch.uint8)
+    start = time.perf_counter()
+    for _ in range(10):
+        normalize_uint8(batch, [0.5] * 3, [0.25] * 3)
+    per_image = (time.perf_counter() - start) / 10 / args.batch_size
+    print(f"\nnormalising emae's uint8 batches (batch_to_device) costs {per_image * 1e6:.0f} us per image on this CPU "
+          f"(on the device in training); load average after {os.getloadavg()[0]:.2f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--config", default="mae_vit_tiny_p4_cifar10")
-    ap.add_argument("--workers", type=int, help="loader processes (default: the recipe's data.num_workers)")
+    ap.add_argument("--workers", help="loader processes (default: the recipe's data.num_workers); --jpegs: a list, 1,2")
+    ap.add_argument("--jpegs", metavar="DIR", help="per-core table of FB MAE's loader against emae's (issue 25)")
+    ap.add_argument("--repeats", type=int, default=4, help="--jpegs: each file linked N times: a longer epoch (4)")
+    ap.add_argument("--synthetic", default="1024x768", help="--jpegs: also synthetic JPEGs of WxH ('' for none)")
+    ap.add_argument("--synthetic-count", type=int, default=480, help="--jpegs: how many synthetic JPEGs (480)")
+    ap.add_argument("--size", type=int, default=224, help="--jpegs: the crop size (224)")
+    ap.add_argument("--batch-size", type=int, default=64, help="--jpegs: images per batch (64)")
+    ap.add_argument("--rounds", type=int, default=2, help="--jpegs: rounds over all settings; the best is kept (2)")
     ap.add_argument("--batches", type=int, default=40, help="timed loader batches per setting")
     ap.add_argument("--steps", type=int, default=6, help="timed training steps")
     ap.add_argument("--shards", help="shards of --data (written there first when missing; default: a temporary folder)")
     ap.add_argument("override", nargs="*")
     args = ap.parse_args(argv)
-    overrides = list(args.override) + ([f"data.num_workers={args.workers}"] if args.workers is not None else [])
+    if args.jpegs:
+        return jpeg_table(args)
+    overrides = list(args.override) + ([f"data.num_workers={int(args.workers)}"] if args.workers is not None else [])
     cfg = load_config(args.config, overrides, **{"data.path": args.data})
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.config}: batch "
           f"{cfg.train.batch_size}, {cfg.model.image_size[0]}x{cfg.model.image_size[1]} px, "

@@ -47,7 +47,9 @@ def test_device_decode_matches_cpu_pipeline(tmp_path):
     readable, unreadable = hostile_folder(tmp_path)
     n = readable + len(unreadable)
     base = ("model.img_size=16", f"train.batch_size={n}", "data.num_workers=0")
-    cpu_imgs, cpu_labels, cpu_bad = first_batch(tiny_config(*base, **{"data.path": str(tmp_path)}))
+    cpu_cfg = tiny_config(*base, **{"data.path": str(tmp_path)})
+    cpu_imgs, cpu_labels, cpu_bad = first_batch(cpu_cfg)
+    cpu_imgs, _ = batch_to_device(cpu_imgs, cpu_cfg, torch.device("cpu"))  # the workers' uint8, normalised
     cfg = tiny_config(*base, "data.decode=device", **{"data.path": str(tmp_path)})
     enc, labels, bad = first_batch(cfg)
     assert isinstance(enc, EncodedBatch)

@@ -4,6 +4,7 @@ data, resume exactly mid-epoch, and count (never hang on) a damaged shard; URLs;
 from __future__ import annotations
 
 import functools
+import io
 import http.server
 import json
 import multiprocessing as mp
@@ -33,9 +34,12 @@ ENCODE = 251  # test images: sample i is a solid colour (i % 251, i // 251, 0), 
 
 
 def ids(imgs: torch.Tensor) -> list[int]:
-    """Back from a normalised batch of solid colours to the sample numbers."""
+    """Back from a batch of solid colours (the loader's uint8, or normalised floats) to the sample numbers."""
     mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3), torch.tensor(IMAGENET_STD).view(1, 3)
-    rgb = (imgs.mean(dim=(2, 3)) * std + mean) * 255
+    if imgs.dtype == torch.uint8:
+        rgb = imgs.float().mean(dim=(2, 3))
+    else:
+        rgb = (imgs.mean(dim=(2, 3)) * std + mean) * 255
     return [int(round(r)) + ENCODE * int(round(g)) for r, g, _ in rgb.tolist()]
 
 
@@ -76,6 +80,42 @@ def test_folder_to_shards_round_trip_keeps_bytes_and_labels(tmp_path, capsys):
         assert np.array_equal(np.asarray(img), np.asarray(folder.fetch(match)[0])) and label == folder.labels[match]
     assert main(argv) == 2  # shards already there: one line, nothing replaced
     assert "already holds shards; pass --overwrite" in capsys.readouterr().err
+
+
+def test_max_side_re_encodes_only_larger_images(tmp_path, capsys):
+    """``--max-side 32 --quality 85``: larger images come back at 32 px on the longer side, aspect kept, as JPEG
+    close to a resize of the original; smaller ones keep their bytes; transparency stays PNG; the labels stay."""
+    img = tmp_path / "img"
+    rng = np.random.default_rng(0)
+    (img / "a").mkdir(parents=True)
+    (img / "b").mkdir()
+    smooth = Image.fromarray(rng.integers(60, 200, (3, 4, 3), dtype=np.uint8)).resize((80, 60), Image.BILINEAR)
+    smooth.save(img / "a" / "large.jpg", quality=95)
+    smooth.resize((20, 15)).save(img / "a" / "small.jpg")
+    Image.new("RGBA", (50, 40), (10, 200, 30, 128)).save(img / "b" / "alpha.png")
+    Image.new("L", (40, 64), 90).save(img / "b" / "grey.png")
+    argv = ["shards", "write", "--data", str(img), "--output", str(tmp_path / "sh"), "--no-progress",
+            "--max-side", "32", "--quality", "85"]
+    assert main(argv) == 0
+    assert "4 images in 1 shards" in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "sh" / "shards.json").read_text())
+    assert (manifest["max_side"], manifest["quality"], manifest["resized"]) == (32, 85, 3)
+    shards = ShardSet(tmp_path / "sh")
+    by_label = {}
+    for i in range(len(shards)):
+        data = shards.read_bytes(i)
+        with Image.open(io.BytesIO(data)) as im:
+            by_label.setdefault(shards.labels[i], []).append((im.format, im.mode, im.size, data))
+    a = sorted(by_label[0], key=lambda t: t[2])
+    assert a[0][3] == (img / "a" / "small.jpg").read_bytes()  # no larger than 32: the original bytes
+    assert a[1][:3] == ("JPEG", "RGB", (32, 24))
+    expected = np.asarray(smooth.resize((32, 24), Image.LANCZOS)).astype(int)
+    assert np.abs(np.asarray(Image.open(io.BytesIO(a[1][3]))).astype(int) - expected).mean() < 3
+    assert sorted(t[:3] for t in by_label[1]) == [("JPEG", "L", (20, 32)), ("PNG", "RGBA", (32, 26))]
+    for bad, message in ((["--max-side", "0"], "--max-side 0"), (["--quality", "80"], "give --max-side too"),
+                         (["--max-side", "9", "--quality", "101"], "--quality 101")):
+        assert main(["shards", "write", "--data", str(img), "--output", str(tmp_path / "x"), *bad]) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_buffered_shuffle_is_a_permutation_that_mixes():

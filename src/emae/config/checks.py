@@ -66,6 +66,10 @@ def validate(cfg) -> None:
     if d.decode == "device":
         require(d.path is not None, "data.decode", d.decode, "device decoding reads image files: give data.path")
         require(not d.cache, "data.decode", d.decode, "device decoding and data.cache=true exclude each other")
+    require(d.resize in ("pil", "torch"), "data.resize", d.resize, "choose pil or torch")
+    if d.decode == "device":
+        require(d.resize == "pil", "data.resize", d.resize, "is for data.decode=cpu (device decoding resizes there)")
+    positive(d, "data.", "prefetch_factor", allow_none=False)
     require(m.in_chans in (1, 3, 4), "model.in_chans", m.in_chans,
             "images load as 1 (L), 3 (RGB) or 4 (RGBA) channels; other counts need tensors via the Python API")
     check_loop(t, "train.")

@@ -66,6 +66,10 @@ class DataConfig:
     strict: bool = False  # a corrupt or unreadable file stops the run instead of being skipped
     decode: str = "cpu"  # cpu: workers decode and augment | device: workers read bytes, the GPU decodes (nvJPEG)
     shuffle_buffer: int = 2000  # shards: samples in each stream's shuffle buffer (more mixes better, holds more bytes)
+    draft: bool = True  # JPEG: decode at 1/2..1/8 scale (DCT) when the crop is >= 2x the output on both sides
+    resize: str = "pil"  # crop resampler: pil (torchvision's numbers) | torch (uint8 bicubic: ~3x faster, within 1 level)
+    prefetch_factor: int = 2  # batches each loader worker prepares ahead (torch's default)
+    device_prefetch: bool = False  # prepare the next batch on the device (side CUDA stream, a thread) during the step
 
 
 @dataclass

@@ -2,8 +2,9 @@
 
 The loader's workers only read each file's bytes and draw its augmentation (the RandomResizedCrop box and the
 flip) under the sample's seed, in exactly the order the CPU transform draws them; the training process then
-decodes the whole batch at once with ``torchvision.io.decode_jpeg`` (nvJPEG on a GPU) and crops, resizes,
-flips and normalises on the device. Workers stop being the bottleneck when many GPUs share few cores.
+decodes the whole batch at once with ``torchvision.io.decode_jpeg`` (nvJPEG on a GPU), then crops, resizes and
+flips the whole batch in one batched resampling (:mod:`emae.data.resample`: two matrix products, no per-image
+loop) and normalises, on the device. Workers stop being the bottleneck when many GPUs share few cores.
 
 Files that the device decoder cannot take (PNG and other formats, CMYK JPEGs, progressive-decoder failures)
 are decoded by the worker with PIL instead, so every image the CPU path reads is read here too. A file that
@@ -17,12 +18,14 @@ import io
 from dataclasses import dataclass
 
 import torch
-from torchvision import transforms as T
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import DataError
+from .batch import normalize_levels
+from .crop import draw_crop
 from .folder import load_image, open_image
+from .resample import pad_to_batch, resized_crops
 
 JPEG_MODES = {"L", "RGB"}  # colour spaces nvJPEG decodes; CMYK / YCCK go through PIL
 READ_MODES = {1: ImageReadMode.GRAY, 3: ImageReadMode.RGB, 4: ImageReadMode.RGB_ALPHA}
@@ -54,7 +57,7 @@ class EncodedImages:
     def __init__(self, source, size: tuple[int, int], scale: tuple[float, float], hflip: bool) -> None:
         self.source = source
         self.size = size
-        self.crop = T.RandomResizedCrop(size, scale=tuple(scale))
+        self.scale = tuple(scale)
         self.hflip = hflip
         self.channels = {"L": 1, "RGB": 3, "RGBA": 4}[source.mode]
 
@@ -78,8 +81,7 @@ class EncodedImages:
         path = self.source.paths[i]
         with torch.random.fork_rng(devices=[]):  # the same draws, in the same order, as the CPU transform
             torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed also queues CUDA seeds (slow)
-            box = self.crop.get_params(torch.empty(1, 1, 1).expand(1, h, w), self.crop.scale, self.crop.ratio)
-            flip = self.hflip and bool(torch.rand(1) < 0.5)
+            box, flip = draw_crop(h, w, self.scale, self.hflip)
         label = self.source.labels[i] if self.source.labels else -1
         return payload, is_jpeg, box, flip, path, label, skipped
 
@@ -128,13 +130,8 @@ def decode_batch(
     failed = [batch.paths[i] for i, img in enumerate(images) if img is None]
     if len(failed) == len(batch):
         raise DataError(f"no image of a batch could be decoded, e.g. {failed[0]}")
-    out = torch.empty(len(batch), channels, *size, device=device)
-    for i in range(len(batch)):
-        j = next(k % len(batch) for k in range(i, i + len(batch)) if images[k % len(batch)] is not None)
-        top, left, h, w = batch.boxes[j].tolist()
-        img = TF.resized_crop(images[j], top, left, h, w, list(size), interpolation=T.InterpolationMode.BICUBIC,
-                              antialias=True)
-        out[i] = img.flip(-1) if batch.flips[j] else img
-    m = torch.tensor(mean, device=device).view(-1, 1, 1)
-    s = torch.tensor(std, device=device).view(-1, 1, 1)
-    return out.div_(255).sub_(m).div_(s), failed
+    order = [next(k % len(batch) for k in range(i, i + len(batch)) if images[k % len(batch)] is not None)
+             for i in range(len(batch))]
+    pixels = pad_to_batch([images[j] for j in order])  # one batched crop + resize + flip for the whole batch
+    out = resized_crops(pixels, batch.boxes[order], size, batch.flips[order], levels=True)
+    return normalize_levels(out, mean, std), failed

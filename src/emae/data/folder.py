@@ -69,9 +69,14 @@ def open_image(fp) -> Image.Image:
 def load_image(path: str, mode: str) -> Image.Image:
     """Decode fully (so truncation shows up here) and convert to ``mode``; see :func:`decode_image`. Anything that
     is not a regular file (a dangling link, a pipe) fails here instead of blocking."""
+    check_regular(path)
+    return decode_image(path, mode)
+
+
+def check_regular(path: str) -> None:
+    """Anything that is not a regular file (a dangling link, a pipe) fails here instead of blocking a reader."""
     if not stat.S_ISREG(os.stat(path).st_mode):
         raise OSError(f"{path} is not a regular file")
-    return decode_image(path, mode)
 
 
 def decode_image(fp, mode: str) -> Image.Image:
@@ -85,14 +90,20 @@ def decode_image(fp, mode: str) -> Image.Image:
         factor = math.ceil(math.sqrt(img.width * img.height / MAX_PIXELS))
         if factor > 1:
             img.draft(None, (img.width // factor, img.height // factor))
-        img.load()
-        if img.width * img.height > MAX_PIXELS:
-            img = img.reduce(math.ceil(math.sqrt(img.width * img.height / MAX_PIXELS)))
-        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-            img = img.point(lambda v: v * (1 / 256)).convert("L")
-        elif img.mode == "P" and "transparency" in img.info:
-            img = img.convert("RGBA")
-        return img.convert(mode)
+        return finish_decode(img, mode)
+
+
+def finish_decode(img: Image.Image, mode: str) -> Image.Image:
+    """Decode an opened image (at the scale a ``draft`` call chose, if any) and convert it as
+    :func:`decode_image` describes."""
+    img.load()
+    if img.width * img.height > MAX_PIXELS:
+        img = img.reduce(math.ceil(math.sqrt(img.width * img.height / MAX_PIXELS)))
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        img = img.point(lambda v: v * (1 / 256)).convert("L")
+    elif img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img if img.mode == mode else img.convert(mode)  # the same pixels without a copy
 
 
 def describe(exc: BaseException) -> str:

@@ -15,13 +15,14 @@ from torch.utils.data import DataLoader, Sampler
 from ..config import Config
 from ..errors import ConfigError, DataError
 from .cache import DecodedCache
+from .batch import normalize_uint8, stack_samples
+from .crop import CropSampler, CroppedImages
 from .device_decode import EncodedBatch, EncodedImages, collate_encoded, decode_batch
 from .embedded import EmbeddedDigits
-from .folder import TransformedImages
+from .prefetch import DevicePrefetcher, Prepared
 from .seeds import epoch_seed, sample_seed
 from .shards import ShardSet, is_shards, open_images
 from .stream import ShardBatchSampler, ShardStreams, as_is
-from .transforms import pretrain_transform
 
 
 class ResumableSampler(Sampler):
@@ -110,6 +111,9 @@ def close_loader(loader: DataLoader, timeout: float = 5.0) -> None:
     :func:`ignore_stop_signals`), so the interpreter's own exit, which terminates daemonic children with SIGTERM and
     then joins them, would wait for ever. Polite first (torch's shutdown: a stop message, a join with a timeout),
     then SIGKILL for any worker still alive ``timeout`` seconds later."""
+    if isinstance(loader, DevicePrefetcher):  # data.device_prefetch: its thread first, then the loader it reads
+        loader.close(timeout)
+        loader = loader.loader
     it = loader.__dict__.get("_iterator")  # persistent workers: the loader keeps its iterator
     workers = list(getattr(it, "_workers", []))
     try:
@@ -138,7 +142,7 @@ def _close_open_loaders() -> None:
 
 def collate(batch):
     imgs, labels, skipped = zip(*batch)
-    return torch.stack(imgs), torch.tensor(labels), [p for s in skipped for p in s]
+    return stack_samples(list(imgs)), torch.tensor(labels), [p for s in skipped for p in s]
 
 
 def image_source(cfg: Config, progress: bool = True):
@@ -155,17 +159,25 @@ def image_source(cfg: Config, progress: bool = True):
     return DecodedCache(files, progress) if cfg.data.cache else files
 
 
-def pretrain_loader(cfg: Config, source, rank: int = 0, world_size: int = 1, pin_memory: bool = False) -> DataLoader:
+def pretrain_loader(cfg: Config, source, rank: int = 0, world_size: int = 1, pin_memory: bool = False,
+                    device: torch.device | None = None) -> DataLoader:
     """Batches of (images, labels, skipped names) whose ``sampler`` has ``batches_per_epoch`` and
-    ``set_epoch(epoch, start_batch)``: a seeded permutation of an image source, or shard streams."""
+    ``set_epoch(epoch, start_batch)``: a seeded permutation of an image source, or shard streams. ``device``: the
+    training device; with ``data.device_prefetch`` the batches come ready on it, one ahead (data/prefetch.py)."""
+    loader = _pretrain_loader(cfg, source, rank, world_size, pin_memory)
+    if cfg.data.device_prefetch and device is not None:
+        return DevicePrefetcher(loader, lambda imgs: batch_to_device(imgs, cfg, device), device)
+    return loader
+
+
+def _pretrain_loader(cfg: Config, source, rank: int, world_size: int, pin_memory: bool) -> DataLoader:
     d = cfg.data
     if isinstance(source, ShardSet):
         return shard_loader(cfg, source, rank, world_size, pin_memory)
     if d.decode == "device":  # workers read bytes and draw crops; batch_to_device decodes
         dataset, collate_fn = EncodedImages(source, cfg.model.image_size, d.scale, d.hflip), collate_encoded
-    else:
-        tf = pretrain_transform(cfg.model.image_size, d.scale, d.hflip, d.mean, d.std)
-        dataset, collate_fn = TransformedImages(source, tf), collate
+    else:  # workers crop first and send uint8; batch_to_device normalises
+        dataset, collate_fn = CroppedImages(source, crop_sampler(cfg)), collate
     sampler = ResumableSampler(len(dataset), cfg.train.batch_size, cfg.train.seed, rank, world_size)
     loader = DataLoader(
         dataset,
@@ -176,6 +188,7 @@ def pretrain_loader(cfg: Config, source, rank: int = 0, world_size: int = 1, pin
         pin_memory=pin_memory,
         drop_last=True,
         persistent_workers=d.num_workers > 0,
+        prefetch_factor=d.prefetch_factor if d.num_workers > 0 else None,
         worker_init_fn=ignore_stop_signals,
     )
     if d.num_workers > 0:
@@ -186,8 +199,7 @@ def pretrain_loader(cfg: Config, source, rank: int = 0, world_size: int = 1, pin
 def shard_loader(cfg: Config, shards: ShardSet, rank: int = 0, world_size: int = 1,
                  pin_memory: bool = False) -> DataLoader:
     d = cfg.data
-    tf = pretrain_transform(cfg.model.image_size, d.scale, d.hflip, d.mean, d.std)
-    dataset = ShardStreams(shards, tf, cfg.train.batch_size, cfg.train.seed, rank, world_size, d.num_workers,
+    dataset = ShardStreams(shards, crop_sampler(cfg), cfg.train.batch_size, cfg.train.seed, rank, world_size, d.num_workers,
                            d.shuffle_buffer)
     if dataset.batches_per_stream == 0:
         raise DataError(f"data: {len(shards)} images over {world_size} process(es) x {dataset.streams} stream(s) give "
@@ -195,15 +207,27 @@ def shard_loader(cfg: Config, shards: ShardSet, rank: int = 0, world_size: int =
     sampler = ShardBatchSampler(dataset.streams, dataset.batches_per_stream)
     loader = DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=d.num_workers, collate_fn=as_is,
                         pin_memory=pin_memory, persistent_workers=d.num_workers > 0,
+                        prefetch_factor=d.prefetch_factor if d.num_workers > 0 else None,
                         worker_init_fn=ignore_stop_signals)
     if d.num_workers > 0:
         _OPEN.add(loader)
     return loader
 
 
+def crop_sampler(cfg: Config) -> CropSampler:
+    d = cfg.data
+    return CropSampler(cfg.model.image_size, d.scale, d.hflip, d.draft, d.resize)
+
+
 def batch_to_device(imgs, cfg: Config, device: torch.device) -> tuple[torch.Tensor, list[str]]:
-    """A loader batch as a float tensor on ``device``, and the paths that failed to decode there
-    (``data.decode=device`` only; the CPU path reports its failures with the batch)."""
+    """A loader batch as a normalised float tensor on ``device``, and the paths that failed to decode there
+    (``data.decode=device`` only; the CPU path reports its failures with the batch). uint8 batches (the workers'
+    crops) are normalised here, on the device, to exactly the values of torchvision's ToTensor + Normalize."""
+    if isinstance(imgs, Prepared):  # data.device_prefetch: ready already, on a side stream
+        return imgs.take()
     if isinstance(imgs, EncodedBatch):
         return decode_batch(imgs, cfg.model.image_size, cfg.data.mean, cfg.data.std, device)
-    return imgs.to(device, non_blocking=True), []
+    imgs = imgs.to(device, non_blocking=True)
+    if imgs.dtype == torch.uint8:
+        return normalize_uint8(imgs, cfg.data.mean, cfg.data.std), []
+    return imgs, []

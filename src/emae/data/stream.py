@@ -14,7 +14,7 @@ gets every streams-th batch and reads one stream from front to back. What a batc
 epoch, rank, j), never on which worker builds it, so a resume at batch j continues exactly: the worker that gets
 batch j restarts its stream there, reading from the first sample it still needs (shards before it are not
 opened; samples before it in a local shard are skipped unread). Each sample's augmentation runs under its own
-seed, as in the folder loader. Exact resume needs the same world size, batch size and ``data.num_workers``.
+seed, as in the folder loader, crop-first and in uint8 (:class:`~emae.data.crop.CropSampler`). Exact resume needs the same world size, batch size and ``data.num_workers``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..errors import DataError
+from .batch import stack_samples
+from .crop import CropSampler
 from .folder import describe
 from .seeds import epoch_seed, sample_seed
 from .shards import ShardSet, image_member
@@ -88,11 +90,12 @@ class _Stream:
 
 
 class ShardStreams(Dataset):
-    """Items are whole batches, ``(images, labels, skipped names)``, keyed ``(epoch, stream, batch)``."""
+    """Items are whole batches, ``(uint8 images, labels, skipped names)``, keyed ``(epoch, stream, batch)``;
+    ``crop`` turns one sample's encoded bytes into its augmented (C, H, W) uint8 image."""
 
-    def __init__(self, shards: ShardSet, transform, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+    def __init__(self, shards: ShardSet, crop: CropSampler, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
                  streams: int = 1, buffer: int = 2000) -> None:
-        self.shards, self.transform = shards, transform
+        self.shards, self.crop = shards, crop
         self.batch_size, self.seed, self.rank, self.buffer = batch_size, seed, rank, buffer
         self.streams = max(1, streams)
         self.per_stream = len(shards) // (world_size * self.streams)
@@ -152,15 +155,15 @@ class ShardStreams(Dataset):
             try:
                 if sample is None:
                     raise DataError(why)
-                img = self.shards.decode(image_member(sample))
+                data = image_member(sample)
+                with torch.random.fork_rng(devices=[]):
+                    torch.default_generator.manual_seed(sample_seed(self.seed, epoch, gid))
+                    imgs[slot] = self.crop.from_bytes(data, self.shards.mode)
             except Exception as e:  # noqa: BLE001 - any decoder failure means unreadable
                 if self.shards.strict:
                     raise DataError(f"unreadable image {self.shards.name(gid)} ({describe(e)})") from None
                 bad.append(self.shards.name(gid))
                 continue
-            with torch.random.fork_rng(devices=[]):
-                torch.default_generator.manual_seed(sample_seed(self.seed, epoch, gid))
-                imgs[slot] = self.transform(img)
             labels[slot] = self.shards.label(gid)
         good = {i for i in range(n) if imgs[i] is not None}
         if not good:
@@ -169,7 +172,7 @@ class ShardStreams(Dataset):
             if imgs[i] is None:
                 j = next(k % n for k in range(i, i + n) if k % n in good)
                 imgs[i], labels[i] = imgs[j], labels[j]
-        return torch.stack(imgs), torch.tensor(labels), bad
+        return stack_samples(imgs), torch.tensor(labels), bad
 
 
 def as_is(batch):

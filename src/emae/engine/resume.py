@@ -25,6 +25,7 @@ MAY_CHANGE = (
     "train.activation_checkpointing", "train.compile", "train.monitor.data", "train.monitor.every",
     "train.monitor.images", "train.monitor.k", "train.monitor.recon_images", "train.monitor.batch_size",
     "train.tensorboard", "train.wandb", "train.wandb_project", "train.wandb_name",
+    "data.prefetch_factor", "data.device_prefetch",  # loader settings that change no number
 )
 LONGER_ONLY = ("train.max_steps", "train.epochs")
 Change = tuple[str, Any, Any]  # key, the run's value, the new value

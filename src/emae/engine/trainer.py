@@ -84,7 +84,8 @@ def run_pretraining(cfg: Config, info: DistInfo, opts: PretrainOptions, signals:
     seed_everything(t.seed)
 
     source = image_source(cfg, progress=opts.progress and info.is_main)
-    loader = pretrain_loader(cfg, source, info.rank, info.world_size, pin_memory=info.device.type == "cuda")
+    loader = pretrain_loader(cfg, source, info.rank, info.world_size, pin_memory=info.device.type == "cuda",
+                             device=info.device)  # data.device_prefetch prepares batches ahead on it
     closing.callback(close_loader, loader)
     steps_per_epoch = loader.sampler.batches_per_epoch // t.accum_iter
     if steps_per_epoch == 0:
