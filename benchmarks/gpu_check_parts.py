@@ -1,4 +1,4 @@
-"""The seven parts of ``gpu_check.py``, in priority order, each with its share of the 480 s run and its rows of the
+"""The eight parts of ``gpu_check.py``, in priority order, each with its share of the 480 s run and its rows of the
 final table. Sizes come from the plan (``gpu_check_steps.REAL`` or ``DRY``)."""
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from gpu_check_steps import Ctx, alternate, build, free, measure, one_line, recipe
+from gpu_check_options import option_rows, step_options
+from gpu_check_steps import Ctx, alternate, build, fmt_mem, fmt_mfu, fmt_num, fmt_run, free, measure, one_line, recipe
 from PIL import Image
 
 from emae.data import image_source
+from emae.data.shard_writer import write_shards
 from emae.engine.device import autocast
 from emae.engine.flops import train_flops_per_image
 from emae.engine.optim import build_optimizer, effective_lr
@@ -232,7 +234,7 @@ def swin_rows(rec: dict) -> list[tuple[str, str]]:
 
 
 def data(ctx: Ctx) -> None:
-    from loader import DEFAULT_DATA, loader_rate  # benchmarks/loader.py
+    from loader import DEFAULT_DATA  # benchmarks/loader.py
 
     plan, rec, device = ctx.plan, ctx.record, ctx.device
     best = (ctx.earlier.get("vit_b") or {}).get("best") or {}
@@ -259,19 +261,51 @@ def data(ctx: Ctx) -> None:
         step = best.get("img_per_s")
         rec.update(batch=batch, batches=batches, workers=workers, cpus=os.cpu_count(), step_img_per_s=step,
                    step=best.get("label"), rates={}, ratios={})
-        settings = (("cpu decode in workers", "cpu", None), ("device decode: workers alone", "device", None),
-                    (f"device decode: + decode on {device.type}", "device", device))
-        rec["pipelines"] = [settings[0][0], settings[2][0]]  # the complete ones (the goal's candidates)
-        for label, decode, on in settings:
+        settings = [("cpu decode in workers", ["data.decode=cpu"], None),
+                    ("cpu decode, data.draft=false (full-size decode)", ["data.draft=false"], None),
+                    ("cpu decode, data.resize=torch", ["data.resize=torch"], None),
+                    ("device decode: workers alone", ["data.decode=device"], None),
+                    (f"device decode: + decode on {device.type}", ["data.decode=device"], device)]
+        rec["pipelines"] = [label for label, _, _ in settings if "alone" not in label]  # the complete ones
+        for label, extra, on in settings:
+            measure_loader(ctx, label, [*over, *extra], folder, batches, on, skip, step)
+        # the same files as shards (a linked subset: what the timed batches read), and as --max-side 256 shards
+        tmp = tmp or Path(tempfile.mkdtemp(prefix="gpu_check_jpegs_"))
+        subset = linked_subset(folder, tmp / "subset", (skip + batches + 1) * batch)
+        for label, max_side in (("shards", None), ("shards --max-side 256", 256)):
             ctx.check()
-            run_cfg = recipe(plan, "vit_b", *over, f"data.decode={decode}", path=folder)
-            rec["rates"][label], _ = loader_rate(run_cfg, batches, on, skip=skip)
-            if step:
-                rec["ratios"][label] = rec["rates"][label] / step
-            ctx.save()
+            start = time.perf_counter()
+            write_shards(subset, tmp / label.replace(" ", "_"), progress=False, max_side=max_side)
+            rec.setdefault("shard_write_s", {})[label] = time.perf_counter() - start
+            rec["pipelines"].append(label)
+            measure_loader(ctx, label, over, tmp / label.replace(" ", "_"), batches, None, skip, step)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def measure_loader(ctx: Ctx, label: str, over: list[str], path: Path, batches: int, on, skip: int,
+                   step: float | None) -> None:
+    from loader import loader_rate  # benchmarks/loader.py
+
+    ctx.check()
+    rec = ctx.record
+    rec["rates"][label], _ = loader_rate(recipe(ctx.plan, "vit_b", *over, path=path), batches, on, skip=skip)
+    if step:
+        rec["ratios"][label] = rec["rates"][label] / step
+    ctx.save()
+
+
+def linked_subset(folder: Path, dst: Path, count: int) -> Path:
+    """The first ``count`` images of ``folder`` (an ImageFolder root or a flat folder), hard-linked into ``dst``."""
+    dst.mkdir(parents=True)
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:count]
+    for i, f in enumerate(files):
+        try:
+            os.link(f, dst / f"{i:06d}{f.suffix}")
+        except OSError:  # another file system
+            shutil.copyfile(f, dst / f"{i:06d}{f.suffix}")
+    return dst
 
 
 def synthetic_jpegs(folder: Path, spec: tuple[int, int, int], total: int) -> Path:
@@ -344,47 +378,15 @@ def hf_rows(rec: dict) -> list[tuple[str, str]]:
     return rows
 
 
-# ---------------------------------------------------------------- formatting
-
-
-def fmt_num(x: float) -> str:
-    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
-
-
-def fmt_mem(m: dict) -> str:
-    if "peak_mib" not in m:
-        return "memory: " + m.get("error", "n/a")
-    kind = "GPU" if m.get("kind", "").startswith("cuda") else "RSS"
-    return f"{kind} peak {m['peak_mib'] / 1024:.2f} GiB, +{(m['peak_mib'] - m['base_mib']) / 1024:.2f} in the steps"
-
-
-def fmt_mfu(r: dict) -> str:
-    return f"MFU {100 * r['mfu']:.1f}%" if "mfu" in r else f"{r.get('tflops', 0):.3g} TFLOP/s (no GPU peak known)"
-
-
-def fmt_run(r: dict) -> str:
-    if r.get("status") == "error":
-        return f"error: {r['error']}"
-    if "img_per_s" not in r:
-        return r.get("status", "not finished")
-    out = [f"{fmt_num(r['img_per_s'])} img/s", f"step p50 {r['step_ms_p50']:.1f} / p90 {r['step_ms_p90']:.1f} ms"]
-    if "peak_memory_mib" in r:
-        out.append(f"{r['peak_memory_mib'] / 1024:.1f} GiB")
-    out.append(fmt_mfu(r))
-    if "compile_s" in r:
-        out.append(f"compile {r['compile_s']:.0f} s")
-    if r.get("cut_short"):
-        out.append(f"{r['steps']} steps (cut short)")
-    return ", ".join(out)
-
-
 PARTS = [
-    Part("vit_b", "ViT-B/16 MAE, 224 px, bf16, fused AdamW: eager and compiled", 165, vit_b, vit_b_rows),
-    Part("fp32", "The same step in fp32 with TF32; bf16 vs fp32 losses", 40, fp32, fp32_rows),
-    Part("vit_l", "ViT-L/16 MAE, bf16", 45, vit_l, vit_l_rows),
+    Part("vit_b", "ViT-B/16 MAE, 224 px, bf16, fused AdamW: eager and compiled", 145, vit_b, vit_b_rows),
+    Part("fp32", "The same step in fp32 with TF32; bf16 vs fp32 losses", 35, fp32, fp32_rows),
+    Part("vit_l", "ViT-L/16 MAE, bf16", 40, vit_l, vit_l_rows),
     Part("emae", "EMAE ViT-B/16 (K = 4) vs MAE: cost per image, memory", 40, emae_cost, emae_rows),
-    Part("swin", "UM-MAE Swin-T vs SimMIM Swin-T, 256 px, bf16", 50, swin, swin_rows),
-    Part("data", "Loader: CPU workers vs data.decode=device", 60, data, data_rows),
+    Part("swin", "UM-MAE Swin-T vs SimMIM Swin-T, 256 px, bf16", 45, swin, swin_rows),
+    Part("data", "Loader: every pipeline (CPU workers, device decode, shards) vs the step", 55, data, data_rows),
     Part("hf", "emae vs transformers ViTMAE, fp32, same weights and noise", 25, hf_equivalence, hf_rows),
+    Part("options", "GPU step options (bf16_params, fused_norm, batch 1024, compile modes) vs the step", 50,
+         step_options, option_rows),
 ]
 __all__ = ["PARTS", "Part"]

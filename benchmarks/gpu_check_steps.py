@@ -18,6 +18,7 @@ from emae.engine.device import autocast
 from emae.engine.guard import NonFiniteGuard
 from emae.engine.optim import build_optimizer, effective_lr
 from emae.engine.perf import StepTimer, step_memory, sync
+from emae.engine.precision import MasterWeights
 from emae.models import build_model
 
 
@@ -43,6 +44,7 @@ class Plan:
     loader_workers: int | None = None  # None: the recipe's data.num_workers, at most the CPU count
     synthetic: tuple[int, int, int] = (256, 500, 375)  # part 6: distinct synthetic JPEGs, width, height
     hf_batch: int = 8  # part 7
+    big_batch: int = 1024  # part 8: the largest batch tried
     compile_both: bool = True  # part 1: compile the second batch size too when its share allows
     tiny: dict[str, list[str]] = field(default_factory=dict)  # overrides per model kind (dry run)
 
@@ -54,7 +56,8 @@ TINY_SWIN = ["model.img_size=32", "model.patch_size=4", "model.embed_dim=16", "m
              "model.decoder_num_heads=2"]
 REAL = Plan()
 DRY = Plan(batches=(4, 8), warmup=1, steps=1, loss_batch=4, loss_steps=2, large_batch=4, emae_batch=4, pairs=1,
-           swin_batch=2, loader_batches=2, loader_workers=1, synthetic=(8, 40, 30), hf_batch=2, compile_both=False,
+           swin_batch=2, loader_batches=2, loader_workers=1, synthetic=(8, 40, 30), hf_batch=2, big_batch=8,
+           compile_both=False,
            tiny={"vit": TINY_VIT, "vit_l": [*TINY_VIT, "model.depth=3"], "swin": TINY_SWIN})
 
 # the shipped recipes, by name (never their settings: other engineers tune them), and the kind of tiny model
@@ -109,10 +112,18 @@ def one_line(e: BaseException) -> str:
 
 def train_step(cfg: Config, model: torch.nn.Module, device: torch.device, batch: int,
                forward: Callable | None = None) -> Callable[[], None]:
-    """The training loop's step without the loader, on one fixed random batch: forward under the recipe's autocast
-    (``forward``: e.g. the compiled model), masks from a device generator, backward, the non-finite guard (one host
-    sync), fused AdamW (``engine.optim``), zero_grad."""
-    opt = build_optimizer(model, cfg.train, effective_lr(cfg.train))
+    """The training loop's step without the loader, on one fixed random batch: the config's step options as the
+    trainer applies them (train.fused_norm, train.bf16_params: they change ``model`` in place), forward under the
+    recipe's autocast (``forward``: e.g. the compiled model), masks from a device generator, backward, the
+    non-finite guard (one host sync), fused AdamW (``engine.optim``), zero_grad."""
+    t = cfg.train
+    model.set_fused_norm(t.fused_norm)
+    masters = MasterWeights(model) if t.bf16_params else None
+
+    def adamw(m: torch.nn.Module) -> torch.optim.Optimizer:
+        return build_optimizer(m, t, effective_lr(t))
+
+    opt = masters.optimizer(adamw, model) if masters is not None else adamw(model)
     guard = NonFiniteGuard(cfg.train.max_bad_steps)
     imgs = torch.randn(batch, cfg.model.in_chans, *cfg.model.image_size, device=device)
     gen = torch.Generator(device).manual_seed(cfg.train.seed)
@@ -238,3 +249,37 @@ def alternate(ctx: Ctx, entries: dict[str, tuple[Config, torch.nn.Module]], batc
     ctx.record["ratio_range"] = [min(pairs), max(pairs)] if pairs else None
     ctx.save()
     return out
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def fmt_num(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
+
+
+def fmt_mem(m: dict) -> str:
+    if "peak_mib" not in m:
+        return "memory: " + m.get("error", "n/a")
+    kind = "GPU" if m.get("kind", "").startswith("cuda") else "RSS"
+    return f"{kind} peak {m['peak_mib'] / 1024:.2f} GiB, +{(m['peak_mib'] - m['base_mib']) / 1024:.2f} in the steps"
+
+
+def fmt_mfu(r: dict) -> str:
+    return f"MFU {100 * r['mfu']:.1f}%" if "mfu" in r else f"{r.get('tflops', 0):.3g} TFLOP/s (no GPU peak known)"
+
+
+def fmt_run(r: dict) -> str:
+    if r.get("status") == "error":
+        return f"error: {r['error']}"
+    if "img_per_s" not in r:
+        return r.get("status", "not finished")
+    out = [f"{fmt_num(r['img_per_s'])} img/s", f"step p50 {r['step_ms_p50']:.1f} / p90 {r['step_ms_p90']:.1f} ms"]
+    if "peak_memory_mib" in r:
+        out.append(f"{r['peak_memory_mib'] / 1024:.1f} GiB")
+    out.append(fmt_mfu(r))
+    if "compile_s" in r:
+        out.append(f"compile {r['compile_s']:.0f} s")
+    if r.get("cut_short"):
+        out.append(f"{r['steps']} steps (cut short)")
+    return ", ".join(out)

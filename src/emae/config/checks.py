@@ -85,7 +85,25 @@ def validate(cfg) -> None:
     if t.dist_backend == "nccl":
         require(t.device != "cpu", "train.dist_backend", t.dist_backend,
                 "nccl needs CUDA; use gloo with train.device cpu")
+    check_step_options(t)
     mon = t.monitor
     require(mon.every >= 0, "train.monitor.every", mon.every, "must be >= 0 (0: at the end of every epoch)")
     positive(mon, "train.monitor.", "images", "k", "recon_images", "batch_size", allow_none=False)
     require(mon.images >= 2, "train.monitor.images", mon.images, "need at least 2 (a k-NN bank and its queries)")
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+
+
+def check_step_options(t) -> None:
+    """The GPU step options (issue 25): each needs the setting it changes."""
+    choose(t.compile_mode, "train.compile_mode", COMPILE_MODES)
+    if t.compile_mode != "default":
+        require(t.compile, "train.compile_mode", t.compile_mode, "needs train.compile=true")
+    if t.bf16_params:
+        require(t.precision == "bf16", "train.bf16_params", True, "needs train.precision=bf16")
+        require(t.accum_iter == 1, "train.bf16_params", True,
+                "would add gradients up in bf16: use train.accum_iter=1")
+        require(t.distributed != "fsdp", "train.bf16_params", True, "is not for FSDP (it has its own mixed precision)")
+    if t.fused_norm:
+        require(not t.compile, "train.fused_norm", True, "is for eager steps: train.compile fuses these already")

@@ -95,6 +95,10 @@ class TrainConfig(LoopConfig):
     dist_backend: str = "auto"  # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
     fsdp_checkpoint: str = "full"  # full: one file gathered on rank 0 | sharded: a folder of per-rank shards
     activation_checkpointing: bool = False  # recompute each Transformer block in backward: less memory, ~30% slower
+    # GPU step options (engine/precision.py, models/fused.py), off until a GPU measures them (benchmarks/gpu_check.py)
+    compile_mode: str = "default"  # train.compile's mode: default | reduce-overhead (CUDA graphs) | max-autotune | ...
+    bf16_params: bool = False  # precision bf16: Linear/conv weights held in bf16 (cast once a step), fp32 masters
+    fused_norm: bool = False  # each residual add fused with the next layer norm (one compiled kernel on CUDA)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
 

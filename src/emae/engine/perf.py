@@ -24,10 +24,13 @@ def configure_backends(device: torch.device, tf32: bool, threads: int | None = N
         torch.backends.cudnn.benchmark = True
 
 
-def maybe_compile(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
-    """The module to call for the training forward: ``torch.compile``d when ``enabled``. Checkpoints keep
-    using the original module, so their keys never carry compile's ``_orig_mod.`` prefix."""
-    return torch.compile(model) if enabled else model
+def maybe_compile(model: torch.nn.Module, enabled: bool, mode: str = "default") -> torch.nn.Module:
+    """The module to call for the training forward: ``torch.compile``d when ``enabled``, in ``mode`` (inductor's:
+    "reduce-overhead" records CUDA graphs, "max-autotune" searches kernels). Checkpoints keep using the original
+    module, so their keys never carry compile's ``_orig_mod.`` prefix."""
+    if not enabled:
+        return model
+    return torch.compile(model, mode=None if mode == "default" else mode)
 
 
 def sync(device: torch.device) -> None:

@@ -9,6 +9,7 @@ import torch
 from ..config import Config
 from ..data import eval_transform
 from ..viz import reconstruction_image
+from .device import autocast
 from .distributed import DistInfo
 from .loop import Hook, Loop
 from .sharded import plain_model
@@ -50,8 +51,9 @@ class PictureHook(Hook):
         shown = plain_model(loop.model, cfg, self.info)  # FSDP: gathered into a fresh model on rank 0
         if not self.info.is_main:
             return
-        image = reconstruction_image(shown, self.images, cfg.data.mean, cfg.data.std, seed=t.seed,
-                                     scale=max(1, 128 // max(cfg.model.image_size)))
+        with autocast(self.info.device, t.precision):  # as trained (train.bf16_params: bf16 weights need it)
+            image = reconstruction_image(shown, self.images, cfg.data.mean, cfg.data.std, seed=t.seed,
+                                         scale=max(1, 128 // max(cfg.model.image_size)))
         if final:
             image.save(loop.out / "reconstruction.png")
         loop.log.image("reconstruction", image, loop.pos.step)

@@ -26,6 +26,7 @@ MAY_CHANGE = (
     "train.monitor.images", "train.monitor.k", "train.monitor.recon_images", "train.monitor.batch_size",
     "train.tensorboard", "train.wandb", "train.wandb_project", "train.wandb_name",
     "data.prefetch_factor", "data.device_prefetch",  # loader settings that change no number
+    "train.compile_mode", "train.fused_norm", "train.bf16_params",  # the same numbers (eager, CPU); close on CUDA
 )
 LONGER_ONLY = ("train.max_steps", "train.epochs")
 Change = tuple[str, Any, Any]  # key, the run's value, the new value

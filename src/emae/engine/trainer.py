@@ -31,6 +31,7 @@ from .monitor import MonitorHook
 from .optim import build_optimizer, effective_lr
 from .perf import configure_backends, maybe_compile
 from .pictures import PictureHook
+from .precision import MasterWeights
 from .session import LoopParts, RunResult, default_run_dir, finish, make_loop, open_run_log, prepare_output_dir
 from .signals import StopSignals
 from .tracking import require as require_trackers
@@ -96,8 +97,10 @@ def run_pretraining(cfg: Config, info: DistInfo, opts: PretrainOptions, signals:
     model = build_model(cfg).to(info.device)
     model.set_grad_checkpointing(t.activation_checkpointing)
     init_info = load_weights(model, ckpt, resume_path, opts.init)
+    model.set_fused_norm(t.fused_norm)
+    masters = MasterWeights(model) if t.bf16_params else None  # bf16 weights, before a wrapper registers them
     wrapped = wrap_model(model, info, t.precision)  # DDP wrapper, or FSDP shards ``model`` in place
-    forward = maybe_compile(wrapped, t.compile)  # checkpoints keep using ``model``
+    forward = maybe_compile(wrapped, t.compile, t.compile_mode)  # checkpoints keep using ``model``
     per_image = sequences_per_image(cfg.mask.type, cfg.mask.ratio)
     lr = effective_lr(t, info.world_size, per_image)
     mask_gen = torch.Generator(info.device).manual_seed(t.seed)
@@ -115,8 +118,11 @@ def run_pretraining(cfg: Config, info: DistInfo, opts: PretrainOptions, signals:
         skipped.note(bad + undecodable)
         return imgs
 
-    parts = LoopParts(model, wrapped, step_loss, to_device, build_optimizer(model, t, lr), lr, loader, loader.sampler,
-                      steps_per_epoch)
+    def optimizer(m: MaskedAutoencoder) -> torch.optim.Optimizer:
+        return build_optimizer(m, t, lr)
+
+    opt = masters.optimizer(optimizer, model) if masters is not None else optimizer(model)  # AdamW of fp32 masters
+    parts = LoopParts(model, wrapped, step_loss, to_device, opt, lr, loader, loader.sampler, steps_per_epoch)
     meta = {"command": "pretrain", "method": cfg.method, "config": cfg.to_dict()}
     late = [PictureHook(cfg, source, info), skipped, *monitor_hooks(cfg, info, opts.progress)]
     loop = make_loop(parts, t, info, out, None, signals, meta, bar, early=list(opts.hooks), late=late,

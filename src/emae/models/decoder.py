@@ -10,7 +10,7 @@ from torch import nn
 
 from .init import init_mae_weights
 from .pos_embed import sincos_2d
-from .vit import LayerNorm, run_blocks, transformer_blocks
+from .vit import LayerNorm, norm_of_blocks, transformer_blocks
 
 
 class MAEDecoder(nn.Module):
@@ -36,6 +36,7 @@ class MAEDecoder(nn.Module):
         self.norm = LayerNorm(embed_dim)
         self.pred = nn.Linear(embed_dim, out_dim)
         self.grad_checkpointing = False  # activation checkpointing of the blocks
+        self.fused_norm = False  # residual adds fused with the next layer norm (train.fused_norm)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -55,7 +56,7 @@ class MAEDecoder(nn.Module):
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Blocks, norm and the pixel projection on (N, T, D) tokens with their positions."""
-        return self.pred(self.norm(run_blocks(self.blocks, x, self.grad_checkpointing)))
+        return self.pred(norm_of_blocks(self.blocks, x, self.norm, self.grad_checkpointing, self.fused_norm))
 
     def unshuffle(self, kept: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """kept (N, K, D) in ``ids_keep`` order -> (N, L, D) in image order, the mask token at the removed places."""

@@ -56,6 +56,14 @@ class MaskedAutoencoder(nn.Module):
             if hasattr(module, "grad_checkpointing"):
                 module.grad_checkpointing = enable
 
+    def set_fused_norm(self, enable: bool = True) -> int:
+        """train.fused_norm: residual adds fused with the next layer norm in every ViT block stack (encoder and
+        decoder; pyramid encoders keep theirs). Returns the stacks it applies to."""
+        stacks = [m for m in self.modules() if hasattr(m, "fused_norm")]
+        for module in stacks:
+            module.fused_norm = enable
+        return len(stacks)
+
     def no_weight_decay(self) -> set[str]:
         return {"encoder.cls_token", "encoder.pos_embed", "encoder.mask_token", "decoder.mask_token", "decoder.pos_embed"}
 

@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..masks.compact import gather_tokens
+from .fused import can_fuse, fused_blocks
 from .init import init_mae_weights, init_patch_embed
 from .pos_embed import sincos_2d
 
@@ -39,6 +40,15 @@ def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, checkpointing: bool = Fal
     for blk in blocks:
         x = checkpoint(blk, x, *args, use_reentrant=False)
     return x
+
+
+def norm_of_blocks(blocks: nn.ModuleList, x: torch.Tensor, norm: nn.Module, checkpointing: bool = False,
+                   fused: bool = False) -> torch.Tensor:
+    """``norm(run_blocks(blocks, x))``; with ``fused`` (train.fused_norm) each residual add is fused with the norm
+    after it (models/fused.py), unless activations are checkpointed."""
+    if fused and not (checkpointing and torch.is_grad_enabled()) and can_fuse(blocks, norm):
+        return fused_blocks(blocks, x, norm)
+    return norm(run_blocks(blocks, x, checkpointing))
 
 
 class ViTEncoder(nn.Module):
@@ -67,6 +77,7 @@ class ViTEncoder(nn.Module):
         self.blocks = transformer_blocks(embed_dim, depth, num_heads, mlp_ratio, drop_path)
         self.norm = LayerNorm(embed_dim)
         self.grad_checkpointing = False  # activation checkpointing of the blocks (train.activation_checkpointing)
+        self.fused_norm = False  # residual adds fused with the next layer norm (train.fused_norm)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -95,7 +106,7 @@ class ViTEncoder(nn.Module):
             x = gather_tokens(x, ids_keep, parts)
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)
-        return self.norm(run_blocks(self.blocks, x, self.grad_checkpointing))
+        return norm_of_blocks(self.blocks, x, self.norm, self.grad_checkpointing, self.fused_norm)
 
     def encode_masked(self, imgs: torch.Tensor, mask) -> torch.Tensor:
         """The masked autoencoder's entry point (every encoder has one): the kept patches of ``mask``."""
@@ -167,4 +178,4 @@ class UMViTEncoder(ViTEncoder):
         x = x + self.pos_embed[0, 1:][mask.ids_keep]  # each token's true position
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)
-        return self.norm(run_blocks(self.blocks, x, self.grad_checkpointing))
+        return norm_of_blocks(self.blocks, x, self.norm, self.grad_checkpointing, self.fused_norm)
