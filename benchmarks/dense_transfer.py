@@ -11,7 +11,8 @@ with VARIANT one of mae, emae (lambda 1), emae_nocons (lambda 0), umae_vit (UM-M
 
 Phases, each resumable (results kept in OUT/*.json):
   pretrain   the in-domain runs named by --runs (``--resume auto``)
-  segprobe   the frozen dense probe of every checkpoint of every source (and random init, 2 seeds)
+  segprobe   the frozen dense probe of every checkpoint of every source, or of its last (--last), and random
+             init (2 seeds)
   segment    fine-tune the final checkpoint of every source (and random init) for each --seeds
   report     tables (segprobe along the runs; segment mIoU mean ± std; per-class IoU of the finals) and a plot
 
@@ -84,11 +85,20 @@ def sources(args: argparse.Namespace, root: Path, every_checkpoint: bool) -> dic
     return found
 
 
+def save(store: Path, key: str, result: dict) -> None:
+    """Add one result to ``store``, re-read first: two phases may run at once (one per core)."""
+    done = json.loads(store.read_text()) if store.exists() else {}
+    done[key] = result
+    tmp = store.with_suffix(".tmp")
+    tmp.write_text(json.dumps(done, indent=2))
+    tmp.replace(store)
+
+
 def segprobe_phase(args: argparse.Namespace, root: Path) -> None:
     store = root / "segprobe.json"
     done = json.loads(store.read_text()) if store.exists() else {}
     todo = {**{f"random@seed{s}": ("random", s) for s in args.seeds},
-            **{k: (v, 0) for k, v in sources(args, root, every_checkpoint=True).items() if v != "random"}}
+            **{k: (v, 0) for k, v in sources(args, root, every_checkpoint=not args.last).items() if v != "random"}}
     for key, (ckpt, seed) in todo.items():
         if key in done:
             continue
@@ -100,7 +110,7 @@ def segprobe_phase(args: argparse.Namespace, root: Path) -> None:
         m = json.loads((out / "metrics.json").read_text())
         done[key] = {k: m[k] for k in ("miou", "pixel_acc", "mean_class_acc", "per_class_iou", "C", "converged",
                                        "iterations", "seconds")}
-        store.write_text(json.dumps(done, indent=2))
+        save(store, key, done[key])
         print(key, {k: done[key][k] for k in ("miou", "pixel_acc", "converged")}, flush=True)
 
 
@@ -120,7 +130,7 @@ def segment_phase(args: argparse.Namespace, root: Path) -> None:
             m = json.loads((out / "metrics.json").read_text())
             done[name] = {k: m[k] for k in ("miou", "pixel_acc", "mean_class_acc", "per_class_iou", "seconds",
                                             "evaluations", "interpolated")}
-            store.write_text(json.dumps(done, indent=2))
+            save(store, name, done[name])
             print(name, {k: done[name][k] for k in ("miou", "pixel_acc", "seconds")}, flush=True)
 
 
@@ -198,6 +208,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=1170)
     p.add_argument("--batch", type=int, default=64, help="encoder sequences per pre-training step")
     p.add_argument("--epochs", type=int, default=20, help="segmentation fine-tuning epochs")
+    p.add_argument("--last", action="store_true", help="segprobe: each source's final checkpoint only")
     p.add_argument("--plot", default=None)
     args = p.parse_args()
     root = Path(args.out)
