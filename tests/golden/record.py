@@ -3,9 +3,12 @@ MAE-protocol linear probe, each from fixed synthetic data on one CPU thread. ``t
 and compares every parameter with the files recorded here, bit for bit.
 
 The files were recorded from the code before the one-loop refactor (issue 23, commit ef05b38), so the test says
-that the refactor changed no number. Re-record only for a deliberate change of the numbers, and say so:
+that the refactor changed no number. Float sums differ in their last bits between CPU kernel families (AVX2,
+AVX512: MKL and ATen pick their kernels by the CPU), so each family has its own files, ``NAME-FAMILY.safetensors``.
+Re-record only for a deliberate change of the numbers, and say so; for a new family, run this file against the
+old code (``git worktree add /tmp/old ef05b38; PYTHONPATH=/tmp/old/src python tests/golden/record.py --write``):
 
-    python tests/golden/record.py --write  # writes tests/golden/*.safetensors
+    python tests/golden/record.py --write  # writes tests/golden/*-FAMILY.safetensors
 """
 
 from __future__ import annotations
@@ -30,6 +33,15 @@ FINETUNE = ["--epochs", "2", "--batch-size", "8", "--warmup-epochs", "1", "--log
             "--no-tensorboard"]
 LINPROBE = ["--protocol", "mae", "--epochs", "2", "--warmup-epochs", "1", "--batch-size", "8", "--log-every", "1",
             "--no-progress", "--no-tensorboard"]
+
+
+def family() -> str:
+    """The CPU kernel family this machine's torch uses: avx2, avx512, ..."""
+    return torch.backends.cpu.get_cpu_capability().lower()
+
+
+def golden_file(name: str) -> Path:
+    return HERE / f"{name}-{family()}.safetensors"
 
 
 def write_data(root: Path) -> tuple[Path, Path]:
@@ -95,5 +107,5 @@ if __name__ == "__main__":
         runs = run_all(Path(tmp))
     for name, run in runs.items():
         state = {k: v.contiguous() for k, v in run["state"].items()}
-        save_file(state, str(HERE / f"{name}.safetensors"), metadata={"losses": json.dumps(run["losses"])})
-        print(name, len(state), "tensors,", len(run["losses"]), "losses")
+        save_file(state, str(golden_file(name)), metadata={"losses": json.dumps(run["losses"])})
+        print(golden_file(name).name, len(state), "tensors,", len(run["losses"]), "losses")
