@@ -18,7 +18,7 @@ from gpu_check_options import option_rows, step_options
 from gpu_check_steps import Ctx, alternate, build, fmt_mem, fmt_mfu, fmt_num, fmt_run, free, measure, one_line, recipe
 from PIL import Image
 
-from emae.data import image_source
+from emae.data import image_source, jpeg
 from emae.data.shard_writer import write_shards
 from emae.engine.device import autocast
 from emae.engine.flops import train_flops_per_image
@@ -261,9 +261,11 @@ def data(ctx: Ctx) -> None:
         step = best.get("img_per_s")
         rec.update(batch=batch, batches=batches, workers=workers, cpus=os.cpu_count(), step_img_per_s=step,
                    step=best.get("label"), rates={}, ratios={})
-        settings = [("cpu decode in workers", ["data.decode=cpu"], None),
-                    ("cpu decode, data.draft=false (full-size decode)", ["data.draft=false"], None),
-                    ("cpu decode, data.resize=torch", ["data.resize=torch"], None),
+        settings = [("cpu decode in workers", ["data.decode=cpu", "data.decoder=pil"], None),
+                    ("cpu decode, data.draft=false (full-size decode)", ["data.draft=false", "data.decoder=pil"], None),
+                    ("cpu decode, data.resize=torch", ["data.resize=torch", "data.decoder=pil"], None),
+                    *([("cpu decode, simplejpeg + data.resize=torch", ["data.resize=torch", "data.decoder=simplejpeg"],
+                        None)] if jpeg.available() else []),
                     ("device decode: workers alone", ["data.decode=device"], None),
                     (f"device decode: + decode on {device.type}", ["data.decode=device"], device)]
         rec["pipelines"] = [label for label, _, _ in settings if "alone" not in label]  # the complete ones
@@ -272,13 +274,17 @@ def data(ctx: Ctx) -> None:
         # the same files as shards (a linked subset: what the timed batches read), and as --max-side 256 shards
         tmp = tmp or Path(tempfile.mkdtemp(prefix="gpu_check_jpegs_"))
         subset = linked_subset(folder, tmp / "subset", (skip + batches + 1) * batch)
+        fast = ["data.decoder=simplejpeg", "data.resize=torch"] if jpeg.available() else None
         for label, max_side in (("shards", None), ("shards --max-side 256", 256)):
             ctx.check()
             start = time.perf_counter()
-            write_shards(subset, tmp / label.replace(" ", "_"), progress=False, max_side=max_side)
+            folder = tmp / label.replace(" ", "_")
+            write_shards(subset, folder, progress=False, max_side=max_side)
             rec.setdefault("shard_write_s", {})[label] = time.perf_counter() - start
-            rec["pipelines"].append(label)
-            measure_loader(ctx, label, over, tmp / label.replace(" ", "_"), batches, None, skip, step)
+            for name, extra in ((label, ["data.decoder=pil"]), (f"{label}, simplejpeg + data.resize=torch", fast)):
+                if extra is not None:
+                    rec["pipelines"].append(name)
+                    measure_loader(ctx, name, [*over, *extra], folder, batches, None, skip, step)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -2,8 +2,9 @@
 
 ``--jpegs DIR`` (issue 25) measures side by side, per CPU core, with 1 and 2 workers: (a) FB MAE's reference loader
 (ImageFolder + PIL + RandomResizedCrop(224, scale=(0.2, 1), bicubic) + flip + ToTensor + Normalize, float32),
-(b) emae's folder loader (crop-first, uint8; also with ``data.resize=torch``), (c) emae's shard loader on shards of
-the same files, (d) the same from ``emae shards write --max-side 256`` shards; on DIR's JPEGs and on synthetic
+(b) emae's folder loader (crop-first, uint8, PIL's decoder; also with ``data.resize=torch``, and with
+``data.decoder=simplejpeg`` when installed), (c) emae's shard loader on shards of the same files, (d) the same from
+``emae shards write --max-side 256`` shards; on DIR's JPEGs and on synthetic
 1024x768 JPEGs; img/s, img/s per core and the ratio to (a). emae's uint8 batches are normalised on the device in
 the training process (``batch_to_device``): not in the workers' figures; its cost on this CPU is printed apart.
 
@@ -40,7 +41,7 @@ import torch
 from PIL import Image
 
 from emae.config import load_config
-from emae.data import batch_to_device, image_source, is_shards, pretrain_loader
+from emae.data import batch_to_device, image_source, is_shards, jpeg, pretrain_loader
 from emae.data.shard_writer import write_shards
 from emae.engine.optim import build_optimizer, effective_lr
 from emae.models import build_model
@@ -91,13 +92,19 @@ def step_rate(cfg, steps: int) -> float:
     return cfg.train.batch_size / statistics.median(times)
 
 
+PIL, FAST = ("data.decoder=pil",), ("data.decoder=simplejpeg",)
+TORCH = ("data.resize=torch",)
 PIPELINES = [  # (row, kind, overrides); kind: reference, folder, shards, shards-256
     ("(a) FB MAE reference", "reference", ()),
-    ("(b) emae folder", "folder", ()),
-    ("(b') emae folder, data.resize=torch", "folder", ("data.resize=torch",)),
-    ("(c) emae shards", "shards", ()),
-    ("(d) emae shards --max-side 256", "shards-256", ()),
-    ("(d') the same, data.resize=torch", "shards-256", ("data.resize=torch",)),
+    ("(b) emae folder", "folder", PIL),
+    ("(b) + data.resize=torch", "folder", PIL + TORCH),
+    ("(b) + simplejpeg", "folder", FAST),
+    ("(b) + simplejpeg + data.resize=torch", "folder", FAST + TORCH),
+    ("(c) emae shards", "shards", PIL),
+    ("(c) + simplejpeg + data.resize=torch", "shards", FAST + TORCH),
+    ("(d) emae shards --max-side 256", "shards-256", PIL),
+    ("(d) + data.resize=torch", "shards-256", PIL + TORCH),
+    ("(d) + simplejpeg + data.resize=torch", "shards-256", FAST + TORCH),
 ]
 
 
@@ -136,9 +143,10 @@ def jpeg_table(args) -> None:
             paths = {"folder": root / "all", "shards": tmp / "sh" / root.name, "shards-256": tmp / "sh256" / root.name}
             print(f"\n{title}; shards written in {time.perf_counter() - t0:.0f} s", flush=True)
             best: dict[tuple[str, int], float] = {}
+            pipelines = [p for p in PIPELINES if jpeg.available() or FAST[0] not in p[2]]
             for _ in range(args.rounds):
                 for w in workers:
-                    for label, kind, extra in PIPELINES:
+                    for label, kind, extra in pipelines:
                         if kind == "reference":
                             loader = reference_loader(root, args.size, args.batch_size, w)
                         else:
@@ -149,9 +157,10 @@ def jpeg_table(args) -> None:
             print(f"\n| pipeline | workers | img/s | img/s per core | per core vs (a) |\n|---|---|---|---|---|")
             for w in workers:
                 ref = best[PIPELINES[0][0], w] / w
-                for label, _, _ in PIPELINES:
+                for label, _, _ in pipelines:
                     r = best[label, w]
                     print(f"| {label} | {w} | {r:,.0f} | {r / w:,.0f} | {r / w / ref:.2f}x |", flush=True)
+    per_image_costs(Path(args.jpegs), args.size)
     batch = torch.randint(0, 256, (args.batch_size, 3, args.size, args.size), dtype=torch.uint8)
     start = time.perf_counter()
     for _ in range(10):
@@ -159,6 +168,52 @@ def jpeg_table(args) -> None:
     per_image = (time.perf_counter() - start) / 10 / args.batch_size
     print(f"\nnormalising emae's uint8 batches (batch_to_device) costs {per_image * 1e6:.0f} us per image on this CPU "
           f"(on the device in training); load average after {os.getloadavg()[0]:.2f}")
+
+
+def per_image_costs(folder: Path, size: int, count: int = 100, rounds: int = 3) -> None:
+    """What one image costs in one process (one thread), best of ``rounds``: the reference transform, emae's samples,
+    and the JPEG decode alone, which bounds what any pipeline that decodes every file in full can reach."""
+    from loader_pipelines import reference_transform
+
+    from emae.data.crop import CropSampler
+
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))[:count]
+    reference = reference_transform(size)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+
+    def pil_decode(path: Path) -> None:
+        with Image.open(path) as img:
+            img.convert("RGB")
+
+    costs = {"(a) FB MAE reference: open, decode, crop, resize, flip, ToTensor, Normalize":
+             lambda p: reference(Image.open(p).convert("RGB")),
+             "PIL decode alone (full size)": pil_decode}
+    samplers = [("(b) emae, PIL", "pil", "pil"), ("(b) + data.resize=torch", "pil", "torch")]
+    if jpeg.available():
+        def fast_decode(path: Path) -> None:
+            data = path.read_bytes()
+            jpeg.decode_jpeg(data, jpeg.read_header(data, "RGB"))
+
+        costs["simplejpeg decode alone (full size)"] = fast_decode
+        samplers.append(("(b) + simplejpeg + data.resize=torch", "simplejpeg", "torch"))
+    for label, decoder, resize in samplers:
+        sampler = CropSampler((size, size), (0.2, 1.0), True, decoder=decoder, resize=resize)
+        costs[label] = lambda p, s=sampler: s.from_file(str(p), "RGB")
+    best = {}
+    for _ in range(rounds):
+        for label, fn in costs.items():
+            torch.default_generator.manual_seed(0)
+            start = time.perf_counter()
+            for p in files:
+                fn(p)
+            best[label] = min(best.get(label, 1e9), (time.perf_counter() - start) / len(files))
+    torch.set_num_threads(threads)
+    ref = next(iter(best.values()))
+    print(f"\nper image in one process, one thread ({len(files)} files of {folder}, best of {rounds}):\n")
+    print("| work | ms per image | reference / this |\n|---|---|---|")
+    for label, t in best.items():
+        print(f"| {label} | {t * 1e3:.2f} | {ref / t:.2f}x |")
 
 
 def main(argv: list[str] | None = None) -> None:

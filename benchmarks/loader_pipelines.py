@@ -25,10 +25,15 @@ from emae.config import IMAGENET_MEAN, IMAGENET_STD, load_config
 from emae.data import batch_to_device, image_source, pretrain_loader
 
 
+def reference_transform(size: int) -> T.Compose:
+    """FB MAE's pre-training transform (``main_pretrain.py``)."""
+    return T.Compose([T.RandomResizedCrop(size, scale=(0.2, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+                      T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
 def reference_loader(folder: Path, size: int, batch: int, workers: int) -> DataLoader:
     """FB MAE's pre-training loader. ``folder`` holds one sub-folder of images (ImageFolder's layout)."""
-    tf = T.Compose([T.RandomResizedCrop(size, scale=(0.2, 1.0), interpolation=T.InterpolationMode.BICUBIC),
-                    T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    tf = reference_transform(size)
     return DataLoader(datasets.ImageFolder(str(folder), transform=tf), batch_size=batch, shuffle=True,
                       num_workers=workers, drop_last=True)
 

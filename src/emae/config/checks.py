@@ -3,6 +3,8 @@ The encoder-specific geometry is checked by :func:`emae.archs.check_model`, next
 
 from __future__ import annotations
 
+import importlib.util
+
 from ..archs import check_method_mask, check_model
 from ..errors import ConfigError
 from .loop import check_loop
@@ -16,6 +18,7 @@ DISTRIBUTED = ("auto", "none", "ddp", "fsdp")
 DIST_BACKENDS = ("auto", "nccl", "gloo")
 FSDP_CHECKPOINTS = ("full", "sharded")
 LR_BATCH_UNITS = ("images", "sequences")
+DECODERS = ("auto", "pil", "simplejpeg")  # emae.data.jpeg
 
 
 def validate(cfg) -> None:
@@ -70,6 +73,10 @@ def validate(cfg) -> None:
     if d.decode == "device":
         require(d.resize == "pil", "data.resize", d.resize, "is for data.decode=cpu (device decoding resizes there)")
     positive(d, "data.", "prefetch_factor", allow_none=False)
+    choose(d.decoder, "data.decoder", DECODERS)
+    if d.decoder == "simplejpeg":
+        require(importlib.util.find_spec("simplejpeg") is not None, "data.decoder", d.decoder,
+                "simplejpeg is not installed: pip install 'emae[simplejpeg]', or use auto or pil")
     require(m.in_chans in (1, 3, 4), "model.in_chans", m.in_chans,
             "images load as 1 (L), 3 (RGB) or 4 (RGBA) channels; other counts need tensors via the Python API")
     check_loop(t, "train.")

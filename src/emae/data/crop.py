@@ -14,12 +14,14 @@ box and flip. That allows:
 
 ``data.resize`` chooses the resampler of crops decoded at full scale: ``pil`` (torchvision's numbers) or ``torch``
 (torch's uint8 antialiased bicubic: about 3x faster than PIL's on this CPU, within one level of it). DCT-scaled
-crops are resized by PIL from their fractional box either way.
+crops are resized by PIL from their fractional box either way. ``data.decoder=simplejpeg`` decodes JPEGs without
+PIL's overhead (:mod:`emae.data.jpeg`): the same pixels, so the same samples.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import warnings
 
 import numpy as np
@@ -29,6 +31,7 @@ from torchvision import transforms as T
 from torchvision.transforms import functional as F
 
 from .folder import MAX_PIXELS, ImageFiles, check_regular, finish_decode, open_image
+from .jpeg import decode_jpeg, read_header, resolve_decoder
 
 RATIO = (3.0 / 4.0, 4.0 / 3.0)  # torchvision's RandomResizedCrop default: MAE keeps it
 DCT_FACTORS = (8, 4, 2)  # the JPEG reductions PIL's draft offers
@@ -61,11 +64,21 @@ class CropSampler:
     already decoded (the in-memory cache, the embedded digits)."""
 
     def __init__(self, size: tuple[int, int], scale: tuple[float, float], hflip: bool, draft: bool = True,
-                 resize: str = "pil") -> None:
+                 resize: str = "pil", decoder: str = "pil") -> None:
         self.size, self.scale, self.hflip = (int(size[0]), int(size[1])), tuple(scale), hflip
-        self.draft, self.resize = draft, resize
+        self.draft, self.resize, self.decoder = draft, resize, resolve_decoder(decoder)
 
     def from_file(self, fp, mode: str) -> torch.Tensor:
+        if self.decoder == "simplejpeg":
+            if isinstance(fp, (str, bytes, os.PathLike)):
+                with open(fp, "rb") as f:
+                    data = f.read()
+            else:
+                data = fp.read()
+            out = self._from_jpeg(data, mode)
+            if out is not None:
+                return out
+            fp = io.BytesIO(data)
         with open_image(fp) as img:
             width, height = img.size
             if width * height > MAX_PIXELS:  # decoded at a reduced size first (folder.decode_image): draw on that
@@ -80,6 +93,28 @@ class CropSampler:
     def from_bytes(self, data: bytes, mode: str) -> torch.Tensor:
         return self.from_file(io.BytesIO(data), mode)
 
+    def _from_jpeg(self, data: bytes, mode: str) -> torch.Tensor | None:
+        """The sample through simplejpeg, or None (not a JPEG it decodes as PIL does, or too large, or refused
+        mid-decode) with the generator as it was, so that the PIL path draws the same crop."""
+        header = read_header(data, mode)
+        if header is None or header.width * header.height > MAX_PIXELS:
+            return None
+        state = torch.random.get_rng_state()
+        box, flip = draw_crop(header.height, header.width, self.scale, self.hflip)
+        factor = dct_factor(box, self.size) if self.draft else 1
+        pixels = decode_jpeg(data, header, factor)
+        if pixels is None:
+            torch.random.set_rng_state(state)
+            return None
+        factor = round(header.width / pixels.shape[1])  # the reduction the decoder applied
+        if factor == 1 and self.resize == "torch":
+            return _torch_crop(torch.from_numpy(pixels), box, flip, self.size)
+        if factor == 1:  # crop first: only the box becomes a PIL image (crop then resize, as torchvision does)
+            top, left, h, w = box
+            region = np.ascontiguousarray(pixels[top:top + h, left:left + w])
+            return self._crop(Image.fromarray(region[..., 0] if mode == "L" else region), (0, 0, h, w), flip, 1)
+        return self._crop(Image.fromarray(pixels[..., 0] if mode == "L" else pixels), box, flip, factor)
+
     def from_image(self, img: Image.Image) -> torch.Tensor:
         box, flip = draw_crop(img.height, img.width, self.scale, self.hflip)
         return self._crop(img, box, flip, 1)
@@ -92,19 +127,25 @@ class CropSampler:
             s = 1.0 / factor
             out = img.resize((ow, oh), Image.BICUBIC, box=(left * s, top * s, (left + w) * s, (top + h) * s))
         elif self.resize == "torch":
-            return _torch_crop(img, box, flip, self.size)
+            return _torch_crop(_hwc(img), box, flip, self.size)
         else:  # torchvision's own calls: the same pixels
             out = F.resized_crop(img, top, left, h, w, [oh, ow], T.InterpolationMode.BICUBIC, antialias=True)
         return to_uint8(F.hflip(out) if flip else out)
 
 
-def _torch_crop(img: Image.Image, box: tuple[int, int, int, int], flip: bool, size: tuple[int, int]) -> torch.Tensor:
-    """``data.resize=torch``: crop and resize with torch's uint8 antialiased bicubic (channels-last, AVX2); within one
-    level of PIL's result."""
+def _hwc(img: Image.Image) -> torch.Tensor:
+    """A read-only (H, W, C) uint8 view of a PIL image's pixels."""
     with warnings.catch_warnings():  # read only: the crop is resized into a new tensor
         warnings.simplefilter("ignore", UserWarning)
         pixels = torch.from_numpy(np.asarray(img))
-    pixels = pixels.view(img.height, img.width, -1).permute(2, 0, 1)  # a (C, H, W) view of the HWC buffer
+    return pixels.view(img.height, img.width, -1)
+
+
+def _torch_crop(pixels: torch.Tensor, box: tuple[int, int, int, int], flip: bool,
+                size: tuple[int, int]) -> torch.Tensor:
+    """``data.resize=torch``: crop (H, W, C) uint8 ``pixels`` and resize with torch's uint8 antialiased bicubic
+    (channels-last, AVX2); within one level of PIL's result."""
+    pixels = pixels.permute(2, 0, 1)  # a (C, H, W) view of the HWC buffer
     top, left, h, w = box
     region = pixels[None, :, top:top + h, left:left + w]
     out = torch.nn.functional.interpolate(region, size=list(size), mode="bicubic", antialias=True)[0]

@@ -216,7 +216,7 @@ def shard_loader(cfg: Config, shards: ShardSet, rank: int = 0, world_size: int =
 
 def crop_sampler(cfg: Config) -> CropSampler:
     d = cfg.data
-    return CropSampler(cfg.model.image_size, d.scale, d.hflip, d.draft, d.resize)
+    return CropSampler(cfg.model.image_size, d.scale, d.hflip, d.draft, d.resize, d.decoder)
 
 
 def batch_to_device(imgs, cfg: Config, device: torch.device) -> tuple[torch.Tensor, list[str]]:
