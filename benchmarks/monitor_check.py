@@ -6,6 +6,7 @@ the converged probe of the study's eval phase (``eval.json``), with rank correla
 
     python benchmarks/monitor_check.py --out /work/runs/study3 --runs mae-s0 emae-s0 umae_vit-s0 \\
         --json benchmarks/results/monitor_check.json
+    python benchmarks/monitor_check.py --random 2 --report   # the random-init rows; the table from the JSON alone
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from emae.engine.monitor import MonitorSet, measure
 from emae.eval.common import frozen_features
 from emae.eval.data import eval_sources
 from emae.eval.knn import knn_eval
-from emae.interop.load import build_mae, read_checkpoint
+from emae.interop.load import Loaded, build_mae, read_checkpoint
+from emae.models import build_model
 
 RECIPE = "mae_vit_tiny_p4_cifar10"
 
@@ -38,20 +40,34 @@ def offline_knn(loaded, data: Path, n: int, k: int, seed: int) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="the study's folder (run folders and eval.json)")
-    p.add_argument("--runs", nargs="+", required=True)
+    p.add_argument("--out", default=None, help="the study's folder (run folders and eval.json)")
+    p.add_argument("--runs", nargs="*", default=[])
+    p.add_argument("--random", type=int, default=0, help="also N random-init models (seeds 0..N-1): the baseline")
+    p.add_argument("--report", action="store_true", help="print the table from the JSON, measuring nothing new")
     p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"))
     p.add_argument("--images", type=int, default=2000)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default="benchmarks/results/monitor_check.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    root, data = Path(args.out), Path(args.data)
+    root, data = Path(args.out or "."), Path(args.data)
+    store = Path(args.json)
+    rows = json.loads(store.read_text()) if store.exists() else {}
+    if args.report:
+        return report(rows, args.images // 2)
     cfg = load_config(RECIPE, [f"train.monitor.images={args.images}"], **{"train.monitor.data": str(data / "test")})
     monitor_set = MonitorSet(cfg)
     evals = json.loads((root / "eval.json").read_text()) if (root / "eval.json").exists() else {}
-    store = Path(args.json)
-    rows = json.loads(store.read_text()) if store.exists() else {}
+    for seed in range(args.random):
+        key = f"random/seed{seed}"
+        if key not in rows:
+            torch.manual_seed(seed)
+            model = build_model(cfg).eval()
+            loaded = Loaded(f"random:{seed}", "random", cfg, model.state_dict())
+            rows[key] = {"run": "random", "seed": seed, "step": 0, **measure(model, monitor_set, cfg, torch.device("cpu")),
+                         "emae_knn_same_bank": offline_knn(loaded, data, args.images // 2, cfg.train.monitor.k, 0)}
+            store.write_text(json.dumps(rows, indent=2))
+            print(key, rows[key], flush=True)
     for run in args.runs:
         for path in sorted(list_checkpoints(root / run)):
             key = f"{run}/{path.name}"
@@ -79,9 +95,14 @@ def report(rows: dict, bank: int) -> None:
         p = row["emae_knn_same_bank"] / 100
         se = 100 * math.sqrt(2 * p * (1 - p) / bank)  # the difference of two independent estimates
         diff = (row["knn_top1"] - row["emae_knn_same_bank"]) / se
-        print(f"| {row['run']} | {row['step']} | {row['knn_top1']:.2f} | {row['emae_knn_same_bank']:.2f} | "
+        run = f"random init, seed {row['seed']}" if row["run"] == "random" else row["run"]
+        print(f"| {run} | {row['step']} | {row['knn_top1']:.2f} | {row['emae_knn_same_bank']:.2f} | "
               f"{diff:+.2f} | {row['rankme']:.1f} | {row['recon']:.4f} | {row.get('logreg', float('nan')):.2f} | "
               f"{row.get('knn', float('nan')):.2f} |")
+    randoms = [r for r in rows.values() if r["run"] == "random"]
+    if randoms:
+        print(f"random init ({len(randoms)} seeds): RankMe " + ", ".join(f"{r['rankme']:.1f}" for r in randoms)
+              + "; converged probe 44.30 ± 0.20 (3 seeds, benchmarks/results/study_2026-11-30.json)")
     with_probe = [r for r in rows.values() if "logreg" in r]
     if len(with_probe) > 2:
         probe = [r["logreg"] for r in with_probe]

@@ -37,7 +37,7 @@ def pretrain(images, out, *extra):
 def test_monitor_logs_every_n_steps_to_the_log_and_tensorboard(images, tmp_path, capsys):
     records = pretrain(images, tmp_path / "run", "--monitor-data", str(images / "lab" / "train"))
     monitor = [r for r in records if r["type"] == "monitor"]
-    assert [r["step"] for r in monitor] == [2, 4]
+    assert [r["step"] for r in monitor] == [0, 2, 4]  # step 0: the starting weights, the baseline
     assert all({"knn_top1", "rankme", "recon"} <= r.keys() for r in monitor)
     assert all(0 <= r["knn_top1"] <= 100 and 1 <= r["rankme"] <= 32 and r["recon"] > 0 for r in monitor)
     tb = tb_scalars(tmp_path / "run" / "tb")
@@ -45,6 +45,20 @@ def test_monitor_logs_every_n_steps_to_the_log_and_tensorboard(images, tmp_path,
         assert tb[f"monitor/{key}"] == [(r["step"], pytest.approx(r[key])) for r in monitor]
     cost = next(r for r in records if r["type"] == "monitor_cost")
     assert 0 < cost["share"] < 1 and "monitor: " in capsys.readouterr().out
+
+
+def test_step_0_is_measured_once_and_is_the_starting_weights(images, tmp_path):
+    """A run stopped at step 2 (a stop skips that measurement) and resumed measures step 0 once, not at its
+    restart; the step-0 figures are the initial weights': those of a fresh run from the same seed, unlike step 4's."""
+    data = ["--monitor-data", str(images / "lab" / "train")]
+    pretrain(images, tmp_path / "run", *data, "train.stop_after_steps=2")
+    records = pretrain(images, tmp_path / "run", *data, "--resume", "auto")
+    monitor = [r for r in records if r["type"] == "monitor"]
+    assert [r["step"] for r in monitor] == [0, 4]
+    other = [r for r in pretrain(images, tmp_path / "other", *data) if r["type"] == "monitor"]
+    figures = ("knn_top1", "rankme", "recon")
+    assert [other[0][k] for k in figures] == [monitor[0][k] for k in figures]
+    assert other[0]["recon"] != other[-1]["recon"]
 
 
 def test_monitor_changes_no_number_of_the_run(images, tmp_path):
@@ -77,7 +91,7 @@ def test_online_knn_equals_emae_knn_on_the_same_checkpoint(images, tmp_path, cap
 def test_unlabelled_monitor_data_gives_rankme_and_recon_only(images, tmp_path):
     records = pretrain(images, tmp_path / "run", "--monitor-data", str(images / "pre"))
     monitor = [r for r in records if r["type"] == "monitor"]
-    assert len(monitor) == 2 and all("knn_top1" not in r and {"rankme", "recon"} <= r.keys() for r in monitor)
+    assert len(monitor) == 3 and all("knn_top1" not in r and {"rankme", "recon"} <= r.keys() for r in monitor)
 
 
 def test_rankme_measures_the_effective_rank():

@@ -1,6 +1,7 @@
 """The pre-training monitor: is pre-training working, before it ends and without labels for the training set?
 
-Every ``train.monitor.every`` steps (0: every epoch) and at the end, on a fixed set of held-out images
+Before the first step of a new run (step 0: the starting weights, the baseline to read the rest against), every
+``train.monitor.every`` steps (0: every epoch) and at the end, on a fixed set of held-out images
 (``train.monitor.data``, e.g. ``--monitor-data DIR``; a seeded class-balanced subset of ``train.monitor.images``):
 
 - ``knn_top1``: weighted k-NN top-1 (k = ``train.monitor.k``, cosine, votes exp(sim / 0.07), as ``emae knn``) of
@@ -68,6 +69,8 @@ class MonitorHook(Hook):
 
     def on_start(self, loop: Loop) -> None:
         self.start = time.perf_counter()
+        if loop.pos.step == 0:  # the starting weights (random init, or --init's): the baseline for the rest
+            self.measure(loop)
 
     def after_step(self, loop: Loop, info: StepInfo) -> None:
         every = self.cfg.train.monitor.every
