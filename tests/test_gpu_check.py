@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from emae.data import jpeg
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPT = BENCH / "gpu_check.py"
 DONE = ("ok", "stopped: share", "stopped: deadline", "skipped: deadline")  # every status but error / pending / running
@@ -68,9 +70,12 @@ def test_dry_run_measures_every_part(tmp_path, bench):
     assert [s["method"] for s in swin["settings"].values()] == ["umae", "simmim"] and swin["ratio"] > 0
 
     # 6: every loader pipeline on synthetic JPEGs (folder decode variants, device decode, shards, --max-side
-    # shards), each compared with part 1's best step
-    assert data["data"].startswith("synthetic") and len(data["rates"]) == 7
-    assert {"shards", "shards --max-side 256", "cpu decode, data.draft=false (full-size decode)"} <= set(data["rates"])
+    # shards; with simplejpeg, its folder and shard pipelines too), each compared with part 1's best step
+    fast = ["cpu decode, simplejpeg + data.resize=torch", "shards, simplejpeg + data.resize=torch",
+            "shards --max-side 256, simplejpeg + data.resize=torch"] if jpeg.available() else []
+    assert data["data"].startswith("synthetic") and len(data["rates"]) == 7 + len(fast)
+    assert {"shards", "shards --max-side 256", "cpu decode, data.draft=false (full-size decode)", *fast} \
+        <= set(data["rates"])
     assert data["pipelines"] == [k for k in data["rates"] if "alone" not in k]
     assert data["step_img_per_s"] == vit_b["best"]["img_per_s"]
     assert data["ratios"] == pytest.approx({k: v / data["step_img_per_s"] for k, v in data["rates"].items()})

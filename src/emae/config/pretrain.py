@@ -68,7 +68,7 @@ class DataConfig:
     shuffle_buffer: int = 2000  # shards: samples in each stream's shuffle buffer (more mixes better, holds more bytes)
     draft: bool = True  # JPEG: decode at 1/2..1/8 scale (DCT) when the crop is >= 2x the output on both sides
     resize: str = "pil"  # crop resampler: pil (torchvision's numbers) | torch (uint8 bicubic: ~3x faster, within 1 level)
-    decoder: str = "auto"  # JPEG decoder of the crop pipeline: pil | simplejpeg (same pixels, ~1.8x faster; the extra
+    decoder: str = "auto"  # JPEG decoder of the crop pipeline: pil | simplejpeg (same pixels, ~20% faster; the extra
     # emae[simplejpeg]) | auto (simplejpeg when installed)
     prefetch_factor: int = 2  # batches each loader worker prepares ahead (torch's default)
     device_prefetch: bool = False  # prepare the next batch on the device (side CUDA stream, a thread) during the step

@@ -1,5 +1,6 @@
 """JPEG decoding through simplejpeg (``pip install 'emae[simplejpeg]'``): the same libjpeg-turbo as Pillow, called
-without PIL's per-image overhead, about 1.8x faster on a 480x360 photograph on this CPU and the same pixels, bit for
+without PIL's per-image overhead (0.92 against 1.10 ms for a 480x360 photograph on a 2-core Xeon; the crop
+pipeline with ``data.resize=torch``: 1.64 against 2.04 ms) and the same pixels, bit for
 bit (accurate integer IDCT and fancy upsampling, as PIL decodes; tested across subsamplings, progressive files,
 grayscale and DCT scaling). The pre-training crop pipeline uses it for ``data.decoder=simplejpeg`` (or ``auto``
 when installed); anything it does not decode exactly as PIL would (CMYK, a conversion PIL does differently, a
