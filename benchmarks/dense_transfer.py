@@ -14,7 +14,8 @@ Phases, each resumable (results kept in OUT/*.json):
   segprobe   the frozen dense probe of every checkpoint of every source, or of its last (--last), and random
              init (2 seeds)
   segment    fine-tune the final checkpoint of every source (and random init) for each --seeds
-  report     tables (segprobe along the runs; segment mIoU mean ± std; per-class IoU of the finals) and a plot
+  report     tables (segprobe: every checkpoint probed, delta to random init, per-class IoU; segment: mIoU mean ±
+             std over seeds, per-class IoU of the finals) and a plot of both
 
     python benchmarks/dense_transfer.py --phase pretrain --runs camvid-mae-s0 camvid-emae-s0
     python benchmarks/dense_transfer.py --phase segment --sources random cifar/mae-s0 camvid/mae-s0
@@ -138,16 +139,41 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
 
 
+ORDER = ["random", "camvid/mae", "camvid/umae_vit", "camvid/emae_nocons", "camvid/emae", "cifar/mae", "cifar/emae"]
+
+
+def rank(key: str) -> tuple[int, str, int, str]:
+    """Report order: random init first, then in-domain, then CIFAR, each MAE-like before EMAE."""
+    src, _, at = key.partition("@")
+    base = src.split("/seed")[0].rsplit("-s", 1)[0]
+    digits = "".join(c for c in at.split("/")[0] if c.isdigit())
+    return (ORDER.index(base) if base in ORDER else len(ORDER), src, int(digits or 0), key)
+
+
+def per_class_table(rows: dict[str, list[dict]]) -> None:
+    names = list(next(iter(rows.values()))[0]["per_class_iou"])
+    print("| source | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
+    for key, runs in rows.items():
+        cells = [statistics.mean(r["per_class_iou"][n] or 0.0 for r in runs) for n in names]
+        print(f"| {key} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
+
+
 def report_phase(args: argparse.Namespace, root: Path) -> None:
     probe = json.loads((root / "segprobe.json").read_text()) if (root / "segprobe.json").exists() else {}
     seg = json.loads((root / "segment.json").read_text()) if (root / "segment.json").exists() else {}
-    print("segprobe (frozen, converged linear probe), val mIoU / pixel acc:\n")
-    print("| source | checkpoint | mIoU | pixel acc | converged |\n|---|---|---|---|---|")
+    probe = dict(sorted(probe.items(), key=lambda kv: rank(kv[0])))
+    base = [m["miou"] for k, m in probe.items() if k.startswith("random@")]
+    print("segprobe (frozen, converged linear probe), val; delta: mIoU minus random init's mean:\n")
+    print("| source | checkpoint | mIoU | delta | pixel acc | converged |\n|---|---|---|---|---|---|")
     for key, m in probe.items():
         src, _, at = key.partition("@")
-        print(f"| {src} | {at} | {m['miou']:.2f} | {m['pixel_acc']:.2f} | {m['converged']} |")
+        delta = f"{m['miou'] - statistics.mean(base):+.2f}" if base and src != "random" else ""
+        print(f"| {src} | {at} | {m['miou']:.2f} | {delta} | {m['pixel_acc']:.2f} | {m['converged']} |")
+    if probe:
+        print("\nper-class IoU of the probes:\n")
+        per_class_table({k: [m] for k, m in probe.items()})
     groups: dict[str, list[dict]] = {}
-    for name, m in seg.items():
+    for name, m in sorted(seg.items(), key=lambda kv: rank(kv[0])):
         groups.setdefault(name.rsplit("/seed", 1)[0], []).append(m)
     print("\nsegment (fine-tuned), val, mean ± sample std over the seeds:\n")
     print("| source | seeds | mIoU | pixel acc | mean class acc |\n|---|---|---|---|---|")
@@ -155,14 +181,23 @@ def report_phase(args: argparse.Namespace, root: Path) -> None:
         print(f"| {key} | {len(runs)} | {mean_std([r['miou'] for r in runs])} | "
               f"{mean_std([r['pixel_acc'] for r in runs])} | {mean_std([r['mean_class_acc'] for r in runs])} |")
     if groups:
-        names = list(next(iter(groups.values()))[0]["per_class_iou"])
         print("\nper-class IoU of the fine-tuned finals (mean over seeds):\n")
-        print("| source | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
-        for key, runs in groups.items():
-            cells = [statistics.mean(r["per_class_iou"][n] or 0.0 for r in runs) for n in names]
-            print(f"| {key} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
+        per_class_table(groups)
     if args.plot and (probe or groups):
         plot(probe, groups, Path(args.plot))
+
+
+def bars(ax, rows: dict[str, list[float]], title: str) -> None:
+    """One bar per source: the mean over its runs, the sample std as error bar, random init in grey."""
+    keys = list(rows)
+    means = [statistics.mean(rows[k]) for k in keys]
+    errs = [statistics.stdev(rows[k]) if len(rows[k]) > 1 else 0 for k in keys]
+    ax.barh(range(len(keys)), means, xerr=errs, color=["grey" if k.startswith("random") else "tab:blue" for k in keys])
+    ax.set_yticks(range(len(keys)), [f"{k.split('@')[0]} (n={len(rows[k])})" for k in keys], fontsize=7)
+    ax.invert_yaxis()
+    ax.set(title=title, xlabel="CamVid val mIoU (%)")
+    if "random" in rows:
+        ax.axvline(statistics.mean(rows["random"]), color="grey", ls="--", lw=0.8)
 
 
 def plot(probe: dict, groups: dict, path: Path) -> None:
@@ -172,25 +207,13 @@ def plot(probe: dict, groups: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
-    random_probe = [m["miou"] for k, m in probe.items() if k.startswith("random@")]
-    curves: dict[str, list[tuple[int, float]]] = {}
-    for key, m in probe.items():
-        src, _, at = key.partition("@")
-        if src != "random":
-            curves.setdefault(src, []).append((int(at), m["miou"]))
-    for src, pts in sorted(curves.items()):
-        axes[0].plot(*zip(*sorted(pts)), marker="o", label=src)
-    if random_probe:
-        axes[0].axhline(statistics.mean(random_probe), color="grey", ls="--", label="random init")
-    axes[0].set(title="segprobe (frozen) along pre-training", xlabel="pre-training step", ylabel="val mIoU (%)")
-    axes[0].legend(fontsize=7)
-    keys = list(groups)
-    means = [statistics.mean(r["miou"] for r in groups[k]) for k in keys]
-    errs = [statistics.stdev([r["miou"] for r in groups[k]]) if len(groups[k]) > 1 else 0 for k in keys]
-    axes[1].barh(range(len(keys)), means, xerr=errs, color=["grey" if k.startswith("random") else "tab:blue"
-                                                            for k in keys])
-    axes[1].set_yticks(range(len(keys)), [k.split("@")[0] for k in keys], fontsize=7)
-    axes[1].set(title="segment (fine-tuned), 2 seeds", xlabel="val mIoU (%)")
+    finals: dict[str, list[float]] = {}
+    for key, m in probe.items():  # sorted by rank: a source's last checkpoint comes last; random's seeds together
+        src = key.split("@")[0]
+        finals[src] = [*finals.get(src, []), m["miou"]] if src == "random" else [m["miou"]]
+    bars(axes[0], finals, "segprobe (frozen, converged linear probe)")
+    bars(axes[1], {k: [r["miou"] for r in runs] for k, runs in groups.items()},
+         "segment (fine-tuned, mean ± std)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
 
