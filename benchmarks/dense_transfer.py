@@ -139,11 +139,11 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
 
 
-ORDER = ["random", "camvid/mae", "camvid/umae_vit", "camvid/emae_nocons", "camvid/emae", "cifar/mae", "cifar/emae"]
+ORDER = ["random", *(f"{kind}/{variant}" for kind in ("camvid", "cifar") for variant in VARIANTS)]
 
 
 def rank(key: str) -> tuple[int, str, int, str]:
-    """Report order: random init first, then in-domain, then CIFAR, each MAE-like before EMAE."""
+    """Report order: random init first, then in-domain, then CIFAR, variants as VARIANTS lists them."""
     src, _, at = key.partition("@")
     base = src.split("/seed")[0].rsplit("-s", 1)[0]
     digits = "".join(c for c in at.split("/")[0] if c.isdigit())
@@ -206,14 +206,24 @@ def plot(probe: dict, groups: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 3.8), constrained_layout=True)
     finals: dict[str, list[float]] = {}
+    curves: dict[str, list[tuple[int, float]]] = {}
     for key, m in probe.items():  # sorted by rank: a source's last checkpoint comes last; random's seeds together
-        src = key.split("@")[0]
+        src, _, at = key.partition("@")
         finals[src] = [*finals.get(src, []), m["miou"]] if src == "random" else [m["miou"]]
+        if src != "random":
+            curves.setdefault(src, []).append((int(at), m["miou"]))
     bars(axes[0], finals, "segprobe (frozen, converged linear probe)")
     bars(axes[1], {k: [r["miou"] for r in runs] for k, runs in groups.items()},
          "segment (fine-tuned, mean ± std)")
+    for src, points in curves.items():
+        if len(points) > 1:
+            axes[2].plot(*zip(*points), marker="o", label=src)
+    if "random" in finals:
+        axes[2].axhline(statistics.mean(finals["random"]), color="grey", ls="--", label="random init")
+    axes[2].set(title="segprobe along pre-training", xlabel="pre-training step", ylabel="CamVid val mIoU (%)")
+    axes[2].legend(fontsize=7)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
 
